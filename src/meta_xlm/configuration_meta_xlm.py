@@ -1,0 +1,140 @@
+"""MetaXLMConfig: a Transformer encoder (XLM-R layout) with language-specific modules.
+
+The paper's model variants (Section 3.2, Appendix B) are two fields:
+
+| paper name      | language_modules | shared_adapters |
+|-----------------|------------------|-----------------|
+| Mono / JointPair / JointTri | "none"  | False           |
+| +ffn            | "ffn"            | False           |
+| +attn           | "attention"      | False           |
+| +adpt           | "adapters"       | False           |
+| +share adpt     | "adapters"       | True            |
+| +meta adpt      | "adapters"       | False (trained with `meta_learning=True`) |
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+LANGUAGE_MODULE_KINDS = ("none", "ffn", "attention", "adapters")
+
+
+class MetaXLMConfig(PreTrainedConfig):
+    """Configuration of a MetaXLM model.
+
+    Defaults are the paper's pretraining model (Appendix B): 8 layers, hidden 512, FFN 2048, 32k shared BPE
+    vocabulary. The paper says "12 heads", which does not divide 512; 8 is XLM's choice at this width.
+
+    Args:
+        languages: ordered language codes; `lang_ids` given to the model index this list.
+        default_language: the language used when a forward call gives no `lang_ids` (None: `lang_ids` required
+            whenever the model has more than one language).
+        language_modules: which part of every layer is copied per language: "none", "ffn", "attention" or
+            "adapters" (residual bottleneck adapters after the attention and the feed-forward sublayers).
+        adapter_reduction_factor: adapter bottleneck b = hidden_size / adapter_reduction_factor (paper: 4).
+        shared_adapters: one copy of the adapters shared by all languages (the paper's "+share adpt").
+        use_language_embeddings: add an XLM-style learned language embedding to the token embeddings.
+    """
+
+    model_type = "meta_xlm"
+    _auto_class = "AutoConfig"  # save_pretrained copies this file beside the config (trust_remote_code)
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 512,
+        num_hidden_layers: int = 8,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 2048,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        max_position_embeddings: int = 514,
+        type_vocab_size: int = 1,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-5,
+        pad_token_id: int = 1,
+        bos_token_id: int = 0,
+        eos_token_id: int = 2,
+        classifier_dropout: float | None = None,
+        languages: list[str] | tuple[str, ...] = ("en",),
+        default_language: str | None = None,
+        language_modules: str = "none",
+        adapter_reduction_factor: int = 4,
+        shared_adapters: bool = False,
+        use_language_embeddings: bool = False,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.classifier_dropout = classifier_dropout
+        self.languages = list(languages)
+        self.default_language = default_language
+        self.language_modules = language_modules
+        self.adapter_reduction_factor = adapter_reduction_factor
+        self.shared_adapters = shared_adapters
+        self.use_language_embeddings = use_language_embeddings
+        # transformers 5.x no longer declares this on the base class: without it the LM head is silently untied.
+        self.tie_word_embeddings = tie_word_embeddings
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        super().__init__(**kwargs)
+        self._validate_meta_xlm_fields()
+
+    def _validate_meta_xlm_fields(self) -> None:
+        if not self.languages:
+            raise ValueError("MetaXLMConfig.languages is empty: give at least one language code, e.g. ['en']")
+        if not all(isinstance(code, str) and code for code in self.languages):
+            raise ValueError(f"MetaXLMConfig.languages must be non-empty strings, got {self.languages!r}")
+        duplicates = sorted({code for code in self.languages if self.languages.count(code) > 1})
+        if duplicates:
+            raise ValueError(f"MetaXLMConfig.languages has duplicate codes {duplicates}: each language once")
+        if self.default_language is not None and self.default_language not in self.languages:
+            raise ValueError(
+                f"MetaXLMConfig.default_language={self.default_language!r} is not in languages={self.languages}"
+            )
+        if self.language_modules not in LANGUAGE_MODULE_KINDS:
+            raise ValueError(
+                f"MetaXLMConfig.language_modules={self.language_modules!r}: expected one of {LANGUAGE_MODULE_KINDS}"
+            )
+        if self.shared_adapters and self.language_modules != "adapters":
+            raise ValueError(
+                "MetaXLMConfig.shared_adapters=True needs language_modules='adapters', "
+                f"got language_modules={self.language_modules!r}"
+            )
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"MetaXLMConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.adapter_reduction_factor < 1 or self.hidden_size % self.adapter_reduction_factor != 0:
+            raise ValueError(
+                f"MetaXLMConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"adapter_reduction_factor={self.adapter_reduction_factor} (a positive integer)"
+            )
+
+    @property
+    def adapter_size(self) -> int:
+        """Adapter bottleneck width b = d / reduction factor (paper: b = d/4)."""
+        return self.hidden_size // self.adapter_reduction_factor
+
+    def language_id(self, code: str) -> int:
+        """Index of a language code in `languages` (what `lang_ids` holds)."""
+        if code not in self.languages:
+            raise ValueError(f"language {code!r} is not one of this model's languages {self.languages}")
+        return self.languages.index(code)
+
+
+__all__ = ["MetaXLMConfig", "LANGUAGE_MODULE_KINDS"]

@@ -1,0 +1,687 @@
+"""MetaXLM: an XLM-R style Transformer encoder with language-specific modules, and its task heads.
+
+Wang, Lipton & Tsvetkov, "On Negative Interference in Multilingual Models" (EMNLP 2020), Section 3.2 and 4.
+Submodule names follow XLM-R (as transformers' X-MOD does), so an `XLMRobertaModel` state dict loads into the
+shared part. Every language-specific module lives in a `LanguageModuleDict` keyed by language code: "the
+parameters of language X" is a key lookup (`parameter_groups`), never a substring match on names.
+
+Routing: a batch whose rows all share one language runs each language module once on the whole batch. A mixed
+batch is sorted by language once at the start of `MetaXLMModel.forward` (rows do not interact in an encoder),
+every language module runs on its contiguous slice, and the output is put back in the caller's order.
+
+This file imports only torch, transformers and the configuration module, so checkpoints also load with
+`trust_remote_code=True` where the package is not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .configuration_meta_xlm import MetaXLMConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Language routing
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LanguageRouting:
+    """Which language owns which rows of a batch that is sorted by language.
+
+    `languages[k]` owns the k-th contiguous block of `sizes[k]` rows. `order` is the permutation that sorted
+    the caller's batch (None when the batch was already a single language, so nothing was moved).
+    """
+
+    languages: tuple[str, ...]
+    sizes: tuple[int, ...]
+    order: torch.Tensor | None
+
+    @property
+    def single_language(self) -> str | None:
+        return self.languages[0] if len(self.languages) == 1 else None
+
+    def restore_order(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Put rows of a sorted batch back in the caller's order."""
+        if self.order is None:
+            return hidden
+        return hidden[torch.argsort(self.order)]
+
+
+def build_routing(lang_ids: torch.Tensor, languages: list[str]) -> LanguageRouting:
+    """Group a batch by language with one sort (never a loop over rows)."""
+    first = int(lang_ids[0])
+    if bool((lang_ids == first).all()):
+        return LanguageRouting(languages=(languages[first],), sizes=(lang_ids.shape[0],), order=None)
+    order = torch.argsort(lang_ids, stable=True)
+    counts = torch.bincount(lang_ids, minlength=len(languages)).tolist()
+    present = [(languages[i], n) for i, n in enumerate(counts) if n > 0]
+    return LanguageRouting(
+        languages=tuple(code for code, _ in present), sizes=tuple(n for _, n in present), order=order
+    )
+
+
+class LanguageModuleDict(nn.ModuleDict):
+    """One module per language code; a forward call sends each language's rows to its own module.
+
+    Positional tensor arguments are split along the batch dimension; `None` arguments pass through.
+    """
+
+    def forward(self, routing: LanguageRouting, *tensors: torch.Tensor | None) -> torch.Tensor:
+        code = routing.single_language
+        if code is not None:
+            return self[code](*tensors)
+        chunks_per_arg = [
+            t.split(routing.sizes) if t is not None else [None] * len(routing.sizes) for t in tensors
+        ]
+        outputs = [
+            self[code](*(chunks[k] for chunks in chunks_per_arg)) for k, code in enumerate(routing.languages)
+        ]
+        return torch.cat(outputs, dim=0)
+
+
+def per_language(config: MetaXLMConfig, make_module) -> LanguageModuleDict:
+    return LanguageModuleDict({code: make_module() for code in config.languages})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------
+class MetaXLMEmbeddings(nn.Module):
+    """Word + position (+ token type) (+ optional XLM language) embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.language_embeddings = (
+            nn.Embedding(len(config.languages), config.hidden_size) if config.use_language_embeddings else None
+        )
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.padding_idx = config.pad_token_id
+
+    def position_ids_from_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # XLM-R/fairseq convention: positions start at padding_idx + 1, padding keeps position padding_idx.
+        not_pad = input_ids.ne(self.padding_idx).long()
+        return torch.cumsum(not_pad, dim=1) * not_pad + self.padding_idx
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lang_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = self.position_ids_from_input_ids(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)  # (B, T, H)
+        if self.language_embeddings is not None:
+            embeddings = embeddings + self.language_embeddings(lang_ids)[:, None, :]
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------
+class MetaXLMSelfAttention(nn.Module):
+    """Bidirectional multi-head self-attention; SDPA by default, eager when the config asks for it.
+
+    Q, K and V keep XLM-R's three Linear modules (checkpoint compatibility) but run as one matmul.
+    """
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.is_causal = False  # an encoder: SDPA must never apply a causal mask
+        self.config = config
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, width = hidden.shape
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(hidden, weight, bias).view(batch, length, 3, self.num_heads, self.head_size)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_size)
+        dropout = self.dropout_prob if self.training else 0.0
+        if self.config._attn_implementation == "eager":
+            context = eager_attention(query, key, value, attention_mask, dropout)
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=False
+            )
+        return context.transpose(1, 2).reshape(batch, length, width)  # (B, T, H)
+
+
+def eager_attention(query, key, value, attention_mask, dropout: float) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V written out; `attention_mask` is boolean (B, 1, 1, T), True = attend."""
+    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5  # (B, heads, T, T)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=dropout > 0)
+    return probs @ value
+
+
+class MetaXLMAdapter(nn.Module):
+    """Residual bottleneck adapter (Section 3.2): h = g(W_z z), o = W_h h + z, g = ReLU, b = d / r."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.dense1 = nn.Linear(config.hidden_size, config.adapter_size)  # W_z: d -> b
+        self.dense2 = nn.Linear(config.adapter_size, config.hidden_size)  # W_h: b -> d
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dense2(F.relu(self.dense1(z))) + z
+
+
+def build_adapters(config: MetaXLMConfig) -> tuple[LanguageModuleDict | None, MetaXLMAdapter | None]:
+    """(per-language adapters, shared adapter): at most one of them exists."""
+    if config.language_modules != "adapters":
+        return None, None
+    if config.shared_adapters:
+        return None, MetaXLMAdapter(config)
+    return per_language(config, lambda: MetaXLMAdapter(config)), None
+
+
+def apply_adapter(module: nn.Module, z: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
+    if module.adapter_modules is not None:
+        return module.adapter_modules(routing, z)
+    if module.adapter is not None:
+        return module.adapter(z)
+    return z
+
+
+class MetaXLMSelfOutput(nn.Module):
+    """Attention output projection, adapter, then residual + LayerNorm (XLM-R's post-LN layout)."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        linear = lambda: nn.Linear(config.hidden_size, config.hidden_size)  # noqa: E731
+        self.dense = per_language(config, linear) if config.language_modules == "attention" else linear()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.adapter_modules, self.adapter = build_adapters(config)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
+        if isinstance(self.dense, LanguageModuleDict):
+            z = self.dense(routing, context)
+        else:
+            z = self.dense(context)
+        z = apply_adapter(self, self.dropout(z), routing)
+        return self.LayerNorm(z + residual)
+
+
+class MetaXLMAttention(nn.Module):
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        make_attention = lambda: MetaXLMSelfAttention(config)  # noqa: E731
+        self.self = per_language(config, make_attention) if config.language_modules == "attention" else make_attention()
+        self.output = MetaXLMSelfOutput(config)
+
+    def forward(self, hidden, attention_mask, routing: LanguageRouting) -> torch.Tensor:
+        if isinstance(self.self, LanguageModuleDict):
+            context = self.self(routing, hidden, attention_mask)
+        else:
+            context = self.self(hidden, attention_mask)
+        return self.output(context, hidden, routing)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feed-forward
+# ----------------------------------------------------------------------------------------------------------------
+class MetaXLMIntermediate(nn.Module):
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        linear = lambda: nn.Linear(config.hidden_size, config.intermediate_size)  # noqa: E731
+        self.dense = per_language(config, linear) if config.language_modules == "ffn" else linear()
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
+        if isinstance(self.dense, LanguageModuleDict):
+            return self.intermediate_act_fn(self.dense(routing, hidden))
+        return self.intermediate_act_fn(self.dense(hidden))  # (B, T, FFN)
+
+
+class MetaXLMOutput(nn.Module):
+    """FFN output projection, adapter, then residual + LayerNorm."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        linear = lambda: nn.Linear(config.intermediate_size, config.hidden_size)  # noqa: E731
+        self.dense = per_language(config, linear) if config.language_modules == "ffn" else linear()
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.adapter_modules, self.adapter = build_adapters(config)
+
+    def forward(self, intermediate, residual, routing: LanguageRouting) -> torch.Tensor:
+        if isinstance(self.dense, LanguageModuleDict):
+            z = self.dense(routing, intermediate)
+        else:
+            z = self.dense(intermediate)
+        z = apply_adapter(self, self.dropout(z), routing)
+        return self.LayerNorm(z + residual)
+
+
+class MetaXLMLayer(nn.Module):
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.attention = MetaXLMAttention(config)
+        self.intermediate = MetaXLMIntermediate(config)
+        self.output = MetaXLMOutput(config)
+
+    def forward(self, hidden, attention_mask, routing: LanguageRouting) -> torch.Tensor:
+        attended = self.attention(hidden, attention_mask, routing)
+        return self.output(self.intermediate(attended, routing), attended, routing)
+
+
+class MetaXLMEncoder(nn.Module):
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([MetaXLMLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden, attention_mask, routing, output_hidden_states: bool):
+        all_hidden = [hidden] if output_hidden_states else None
+        for layer in self.layer:
+            hidden = layer(hidden, attention_mask, routing)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+        return hidden, all_hidden
+
+
+class MetaXLMPooler(nn.Module):
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden[:, 0]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ----------------------------------------------------------------------------------------------------------------
+# Every Auto class a checkpoint can be loaded with when only its remote code is available.
+AUTO_MAP = {
+    "AutoConfig": "configuration_meta_xlm.MetaXLMConfig",
+    "AutoModel": "modeling_meta_xlm.MetaXLMModel",
+    "AutoModelForMaskedLM": "modeling_meta_xlm.MetaXLMForMaskedLM",
+    "AutoModelForTokenClassification": "modeling_meta_xlm.MetaXLMForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_meta_xlm.MetaXLMForQuestionAnswering",
+    "AutoModelForSequenceClassification": "modeling_meta_xlm.MetaXLMForSequenceClassification",
+}
+
+
+class MetaXLMPreTrainedModel(PreTrainedModel):
+    config_class = MetaXLMConfig
+    config: MetaXLMConfig
+    base_model_prefix = "roberta"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["MetaXLMLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MetaXLMLMHead):
+            init.zeros_(module.bias)
+
+    def language_id(self, code: str) -> int:
+        """Index of a language code in `config.languages` (the value `lang_ids` holds for it)."""
+        return self.config.language_id(code)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers records only the saved class in auto_map; a checkpoint of any head should load with
+        # every Auto class under trust_remote_code, so the whole map is written.
+        self.config.auto_map = {**(self.config.auto_map or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def resolve_lang_ids(self, lang_ids: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
+        """Check `lang_ids` (LongTensor[batch]); fall back to `config.default_language` when absent."""
+        batch = input_ids.shape[0]
+        languages = self.config.languages
+        if lang_ids is None:
+            default = self.config.default_language
+            if default is None and len(languages) == 1:
+                default = languages[0]
+            if default is None:
+                raise ValueError(
+                    f"lang_ids is required: this model has languages {languages} and config.default_language "
+                    "is None. Pass lang_ids (LongTensor[batch], indices into config.languages) or set "
+                    "config.default_language."
+                )
+            return torch.full((batch,), languages.index(default), dtype=torch.long, device=input_ids.device)
+        lang_ids = torch.as_tensor(lang_ids, device=input_ids.device)
+        if lang_ids.dim() == 0:
+            lang_ids = lang_ids.expand(batch)
+        if lang_ids.shape != (batch,) or lang_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"lang_ids must be an integer tensor of shape ({batch},) (one language per row), got "
+                f"shape {tuple(lang_ids.shape)} and dtype {lang_ids.dtype}"
+            )
+        low, high = int(lang_ids.min()), int(lang_ids.max())
+        if low < 0 or high >= len(languages):
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"lang_ids contains {bad}, outside 0..{len(languages) - 1} (config.languages = {languages})"
+            )
+        return lang_ids.long()
+
+
+def sorted_by_language(routing: LanguageRouting, *tensors: torch.Tensor | None):
+    if routing.order is None:
+        return tensors
+    return tuple(t[routing.order] if t is not None else None for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base model
+# ----------------------------------------------------------------------------------------------------------------
+class MetaXLMModel(MetaXLMPreTrainedModel):
+    _auto_class = "AutoModel"  # save_pretrained copies this file beside the weights
+    def __init__(self, config: MetaXLMConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = MetaXLMEmbeddings(config)
+        self.encoder = MetaXLMEncoder(config)
+        self.pooler = MetaXLMPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        lang_ids = self.resolve_lang_ids(lang_ids, input_ids)
+        routing = build_routing(lang_ids, self.config.languages)
+        input_ids, attention_mask, lang_ids, token_type_ids, position_ids = sorted_by_language(
+            routing, input_ids, attention_mask, lang_ids, token_type_ids, position_ids
+        )
+        hidden = self.embeddings(input_ids, lang_ids, token_type_ids, position_ids)  # (B, T, H)
+        hidden, all_hidden = self.encoder(
+            hidden, attention_bias(attention_mask), routing, bool(output_hidden_states)
+        )
+        hidden = routing.restore_order(hidden)
+        if all_hidden is not None:
+            all_hidden = tuple(routing.restore_order(h) for h in all_hidden)
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
+
+
+def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) 1/0 padding mask -> boolean (B, 1, 1, T), True = attend; None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------------
+class MetaXLMLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> vocabulary projection (tied to the input embeddings)."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(F.gelu(self.dense(features))))
+
+
+class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
+    _auto_class = "AutoModelForMaskedLM"  # save_pretrained copies this file beside the weights
+    _tied_weights_keys = {
+        "lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight",
+        "lm_head.decoder.bias": "lm_head.bias",
+    }
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__(config)
+        self.roberta = MetaXLMModel(config, add_pooling_layer=False)
+        self.lm_head = MetaXLMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        """With `labels`, the vocabulary projection runs on the masked positions only (as XLM does: about a
+        quarter of the model's FLOPs at vocab 8k / hidden 256), and `logits` is (N_masked, V), its rows the
+        positions with labels != -100 in row-major order. Without labels, `logits` is (B, T, V)."""
+        outputs = self.roberta(
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
+        )
+        hidden = outputs.last_hidden_state
+        if labels is None:
+            return MaskedLMOutput(logits=self.lm_head(hidden), hidden_states=outputs.hidden_states)
+        predicted = labels.ne(-100)  # (B, T)
+        logits = self.lm_head(hidden[predicted])  # (N_masked, V)
+        loss = F.cross_entropy(logits.float(), labels[predicted], reduction="sum") / predicted.sum().clamp(min=1)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
+    _auto_class = "AutoModelForTokenClassification"  # save_pretrained copies this file beside the weights
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.roberta = MetaXLMModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        outputs = self.roberta(
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
+    _auto_class = "AutoModelForQuestionAnswering"  # save_pretrained copies this file beside the weights
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__(config)
+        self.roberta = MetaXLMModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)  # start / end span logits
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self.roberta(
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
+        )
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence are ignored, as in transformers' QA heads.
+            length = start_logits.shape[1]
+            start = start_positions.clamp(0, length)
+            end = end_positions.clamp(0, length)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=length)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=length)
+            ) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+        )
+
+
+class MetaXLMClassificationHead(nn.Module):
+    """Sentence classification from the <s> token: dropout -> dense -> tanh -> dropout -> projection."""
+
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(hidden[:, 0])  # (B, H)
+        x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
+    _auto_class = "AutoModelForSequenceClassification"  # save_pretrained copies this file beside the weights
+    def __init__(self, config: MetaXLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.roberta = MetaXLMModel(config, add_pooling_layer=False)
+        self.classifier = MetaXLMClassificationHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lang_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        outputs = self.roberta(
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
+        )
+        logits = self.classifier(outputs.last_hidden_state)  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameter groups: shared θ vs language-specific φ
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class ParameterGroups:
+    """The shared parameters θ and each language's parameters φ_lang, by qualified parameter name."""
+
+    shared: dict[str, nn.Parameter]
+    languages: dict[str, dict[str, nn.Parameter]]
+
+
+def parameter_groups(model: nn.Module) -> ParameterGroups:
+    """Split a model's parameters into shared ones and per-language ones.
+
+    A parameter is language X's when it sits under the entry X of a `LanguageModuleDict` — found by walking
+    modules, so language codes that are substrings of module names ("te" in "intermediate") cannot confuse it.
+    Names are `model.named_parameters()` names; tied parameters appear once, under their first name.
+    """
+    owner_of: dict[int, str] = {}
+    language_codes: list[str] = []
+    for module in model.modules():
+        if isinstance(module, LanguageModuleDict):
+            for code, child in module.items():
+                if code not in language_codes:
+                    language_codes.append(code)
+                for param in child.parameters():
+                    owner_of[id(param)] = code
+    config_languages = getattr(getattr(model, "config", None), "languages", None) or []
+    codes = list(config_languages) + [code for code in language_codes if code not in config_languages]
+    groups = ParameterGroups(shared={}, languages={code: {} for code in codes})
+    for name, param in model.named_parameters():
+        code = owner_of.get(id(param))
+        if code is None:
+            groups.shared[name] = param
+        else:
+            groups.languages[code][name] = param
+    return groups
+
+
+__all__ = [
+    "LanguageModuleDict",
+    "LanguageRouting",
+    "MetaXLMAdapter",
+    "MetaXLMForMaskedLM",
+    "MetaXLMForQuestionAnswering",
+    "MetaXLMForSequenceClassification",
+    "MetaXLMForTokenClassification",
+    "MetaXLMModel",
+    "MetaXLMPreTrainedModel",
+    "ParameterGroups",
+    "parameter_groups",
+]

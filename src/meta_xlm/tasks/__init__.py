@@ -1,0 +1,11 @@
+"""Downstream suite of the paper (Section 3.2, Appendix A): WikiAnn NER, UD POS, TyDiQA-GoldP QA and XNLI.
+
+- `loaders`: benchmark files (plain or .gz) or Hub datasets -> `datasets.Dataset` with one documented schema
+  per task family (tagging, extractive QA, NLI).
+- `layout`: where each task's split lives under ../shared/data.
+- `preprocessing`: tokenisation with first-subword labels, QA features with document stride and n-best span
+  post-processing, NLI pair encoding, per-example `lang_ids` for MetaXLM models.
+- `metrics`: offline seqeval span F1, POS accuracy (= micro F1), MLQA-style SQuAD F1/EM, XNLI accuracy.
+- `reference`: the paper's per-language numbers (Tables 2, 3, 6, 7).
+- `tables`: results of several models in the paper's table layout (Markdown, CSV, JSON).
+"""
