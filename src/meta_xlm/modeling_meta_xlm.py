@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -143,7 +144,7 @@ class MetaXLMEmbeddings(nn.Module):
 # Attention
 # ----------------------------------------------------------------------------------------------------------------
 class MetaXLMSelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention; SDPA by default, eager when the config asks for it.
+    """Bidirectional multi-head self-attention through transformers' attention interface (SDPA by default).
 
     Q, K and V keep XLM-R's three Linear modules (checkpoint compatibility) but run as one matmul.
     """
@@ -165,23 +166,26 @@ class MetaXLMSelfAttention(nn.Module):
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(hidden, weight, bias).view(batch, length, 3, self.num_heads, self.head_size)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_size)
-        dropout = self.dropout_prob if self.training else 0.0
-        if self.config._attn_implementation == "eager":
-            context = eager_attention(query, key, value, attention_mask, dropout)
-        else:
-            context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=False
-            )
-        return context.transpose(1, 2).reshape(batch, length, width)  # (B, T, H)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout_prob if self.training else 0.0,
+            scaling=self.head_size**-0.5,
+        )  # (B, T, heads, head_size)
+        return context.reshape(batch, length, width)
 
 
-def eager_attention(query, key, value, attention_mask, dropout: float) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V written out; `attention_mask` is boolean (B, 1, 1, T), True = attend."""
-    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5  # (B, heads, T, T)
+def eager_attention_forward(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+    """softmax(Q K^T * scaling) V written out; `attention_mask` is boolean (B, 1, 1, T), True = attend."""
+    scores = (query @ key.transpose(-1, -2)) * scaling  # (B, heads, T, T)
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=dropout > 0)
-    return probs @ value
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=module.training)
+    return (probs @ value).transpose(1, 2), probs  # (B, T, heads, head_size)
 
 
 class MetaXLMAdapter(nn.Module):
@@ -354,7 +358,7 @@ class MetaXLMPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers records only the saved class in auto_map; a checkpoint of any head should load with
         # every Auto class under trust_remote_code, so the whole map is written.
-        self.config.auto_map = {**(self.config.auto_map or {}), **AUTO_MAP}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def resolve_lang_ids(self, lang_ids: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:

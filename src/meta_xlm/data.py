@@ -1,0 +1,579 @@
+"""Pretraining data: per-language corpora, a shared BPE tokenizer, language sampling, XLM-style MLM batches.
+
+The pipeline (Section 3.2 of the paper, following XLM, Lample & Conneau 2019):
+
+1. `load_language_corpus` reads one language's text (local files/folders, plain or .gz, one sentence per line;
+   or a Hub dataset) into a memory-mapped Arrow `datasets.Dataset` with a "text" column, so memory does not
+   grow with corpus size. `split_validation` holds out a seeded validation split; `subsample_sentences` keeps
+   exactly N training sentences (the paper's "frl"/"rul": fr/ru subsampled to 100k sentences).
+2. `train_shared_tokenizer` learns one byte-level BPE vocabulary over all languages from a temperature-balanced
+   sample of their training text and returns a `PreTrainedTokenizerFast` with XLM-R's special tokens and ids
+   (<s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last), which is what `MetaXLMConfig` defaults to.
+   Byte-level (GPT-2/RoBERTa style) is chosen so that every string round-trips exactly and no input ever maps
+   to <unk>, whichever script it is in; characters frequent in training become single tokens by merges.
+3. `tokenize_into_blocks` turns a language's sentences into XLM-style streams: sentences joined by </s>,
+   cut into fixed-length blocks that start with <s>; every example carries `lang_ids` (index into
+   `config.languages`). `language_sampling_probabilities` gives p_i ∝ (L_i / Σ_j L_j)^(1/T).
+4. `MLMCollator` masks 15% of the non-special tokens with BERT's 80/10/10 rule.
+
+`build_pretraining_data` runs 1-3 for a list of languages and returns what `MetaXLMTrainer` takes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, concatenate_datasets, load_dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import DefaultFlowCallback, PreTrainedTokenizerFast, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+# XLM-R's special tokens, in id order: these ids are MetaXLMConfig's bos/pad/eos defaults.
+BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, UNK_TOKEN, MASK_TOKEN = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
+SPECIAL_TOKENS = (BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+# Corpus folders ship license and readme notes beside the text (e.g. ../shared/data/text/en/LICENSE_*.txt).
+NON_CORPUS_PREFIXES = ("readme", "license")
+CORPUS_SUFFIXES = (".txt", ".txt.gz")
+
+
+class CorpusError(ValueError):
+    """Bad pretraining input (missing/empty/unreadable corpus), raised before any training starts."""
+
+
+# ---------------------------------------------------------------------------------------------- corpora
+
+
+def resolve_corpus_files(language: str, paths: Sequence[str | Path]) -> list[Path]:
+    """The text files of one language: each path is a file, or a folder whose *.txt / *.txt.gz files are read.
+
+    Files are sorted by name inside a folder so the corpus order (and every seeded split) is reproducible.
+    """
+    if not paths:
+        raise CorpusError(f"language {language!r} has no corpus path: give a file or folder for it")
+    files: list[Path] = []
+    for raw_path in paths:
+        path = Path(raw_path)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(
+                child
+                for child in path.iterdir()
+                if child.is_file()
+                and child.name.endswith(CORPUS_SUFFIXES)
+                and not child.name.lower().startswith(NON_CORPUS_PREFIXES)
+            )
+            if not found:
+                raise CorpusError(
+                    f"corpus folder {path} (language {language!r}) has no text file: expected files ending in "
+                    f"{' or '.join(CORPUS_SUFFIXES)} (README*/LICENSE* files are skipped)"
+                )
+            files.extend(found)
+        else:
+            raise CorpusError(f"corpus path {path} (language {language!r}) does not exist")
+    return files
+
+
+def _open_text(path: Path):
+    # gzip.open checks the magic bytes lazily; errors surface on the first read, which callers wrap.
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def corpus_fingerprint(files: Sequence[Path]) -> tuple[str, int]:
+    """(sha256 of the decompressed content of `files` in order, number of non-blank lines).
+
+    Reading every file once proves it is readable UTF-8 text (a corrupt or truncated gzip fails here, before
+    training). `Dataset.from_generator` caches by its arguments, not by file content: the hash goes into its
+    arguments so an edited corpus is re-read.
+    """
+    digest = hashlib.sha256()
+    non_blank_lines = 0
+    for path in files:
+        digest.update(str(path.name).encode())
+        try:
+            with _open_text(path) as handle:
+                for line in handle:
+                    digest.update(line.encode("utf-8"))
+                    non_blank_lines += bool(line.strip())
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+            raise CorpusError(f"cannot read corpus file {path}: {error} (expected UTF-8 text, plain or gzip)") from error
+    return digest.hexdigest(), non_blank_lines
+
+
+def _iter_sentences(files: list[str], fingerprint: str) -> Iterator[dict[str, str]]:
+    """Non-empty stripped lines of `files`; `fingerprint` is unused here but keys the datasets cache."""
+    for name in files:
+        with _open_text(Path(name)) as handle:
+            for line in handle:
+                sentence = line.strip()
+                if sentence:
+                    yield {"text": sentence}
+
+
+def load_language_corpus(language: str, paths: Sequence[str | Path], cache_dir: str | None = None) -> Dataset:
+    """One language's sentences as an Arrow dataset with a "text" column (memory-mapped, not held in RAM)."""
+    files = resolve_corpus_files(language, paths)
+    fingerprint, non_blank_lines = corpus_fingerprint(files)
+    if non_blank_lines == 0:
+        raise CorpusError(f"language {language!r} is empty: no non-blank line in {[str(p) for p in files]}")
+    dataset = Dataset.from_generator(
+        _iter_sentences,
+        gen_kwargs={"files": [str(path) for path in files], "fingerprint": fingerprint},
+        cache_dir=cache_dir,
+    )
+    logger.info("corpus %s: %d sentences from %d file(s)", language, len(dataset), len(files))
+    return dataset
+
+
+def load_hub_corpus(
+    language: str, dataset_id: str, config_name: str | None, split: str = "train", text_column: str = "text"
+) -> Dataset:
+    """One language's text from a Hub dataset (e.g. "wikimedia/wikipedia", config "20231101.sw").
+
+    Map-style (downloaded once into the Arrow cache and memory-mapped), so the training sampler can index it.
+    Paragraphs are kept as they come: one row is one training "sentence".
+    """
+    dataset = load_dataset(dataset_id, config_name, split=split)
+    if text_column not in dataset.column_names:
+        raise CorpusError(
+            f"Hub dataset {dataset_id} ({config_name}) has no column {text_column!r} for language {language!r}; "
+            f"columns are {dataset.column_names}"
+        )
+    dataset = dataset.select_columns([text_column]).rename_column(text_column, "text")
+    dataset = dataset.filter(lambda batch: [bool(text.strip()) for text in batch["text"]], batched=True)
+    if len(dataset) == 0:
+        raise CorpusError(f"language {language!r} is empty in Hub dataset {dataset_id} ({config_name})")
+    return dataset
+
+
+def split_validation(dataset: Dataset, validation_sentences: int, seed: int, language: str) -> tuple[Dataset, Dataset]:
+    """Hold out exactly `validation_sentences` sentences, chosen with `seed`; returns (train, validation)."""
+    if validation_sentences < 1 or validation_sentences >= len(dataset):
+        raise CorpusError(
+            f"language {language!r} has {len(dataset)} sentences: cannot hold out validation_sentences="
+            f"{validation_sentences} (need 1 <= validation_sentences < corpus size)"
+        )
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    validation = dataset.select(np.sort(order[:validation_sentences]))
+    train = dataset.select(np.sort(order[validation_sentences:]))
+    return train, validation
+
+
+def subsample_sentences(dataset: Dataset, num_sentences: int, seed: int, language: str) -> Dataset:
+    """Exactly `num_sentences` sentences drawn without replacement with `seed` (paper: frl/rul, 100k)."""
+    if not 1 <= num_sentences <= len(dataset):
+        raise CorpusError(
+            f"cannot subsample language {language!r} to {num_sentences} sentences: it has {len(dataset)}"
+        )
+    chosen = np.random.default_rng(seed).choice(len(dataset), size=num_sentences, replace=False)
+    return dataset.select(np.sort(chosen))
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def language_sampling_probabilities(sizes: Mapping[str, int], temperature: float) -> dict[str, float]:
+    """Paper Sec. 3.2: p_i ∝ (L_i / Σ_j L_j)^(1/T), L_i the corpus size of language i, T the temperature.
+
+    T = 1 samples in proportion to corpus size; T → ∞ tends to uniform (XLM: T = 1/0.7).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not sizes or any(size <= 0 for size in sizes.values()):
+        raise ValueError(f"every language needs a positive corpus size, got {dict(sizes)}")
+    total = sum(sizes.values())
+    weights = {language: (size / total) ** (1.0 / temperature) for language, size in sizes.items()}
+    normaliser = sum(weights.values())
+    return {language: weight / normaliser for language, weight in weights.items()}
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def temperature_balanced_sample(
+    corpora: Mapping[str, Dataset], temperature: float, num_sentences: int, seed: int
+) -> Iterator[str]:
+    """`num_sentences` sentences in all, language i drawn with p_i (with replacement, so small languages
+    count as often as their share says), interleaved in a seeded random order."""
+    probabilities = language_sampling_probabilities({lang: len(ds) for lang, ds in corpora.items()}, temperature)
+    rng = np.random.default_rng(seed)
+    languages = list(corpora)
+    language_of_each = rng.choice(len(languages), size=num_sentences, p=[probabilities[lang] for lang in languages])
+    for position, language in enumerate(languages):
+        count = int((language_of_each == position).sum())
+        indices = np.sort(rng.integers(0, len(corpora[language]), size=count))
+        for start in range(0, count, 1000):
+            yield from corpora[language].select(indices[start : start + 1000])["text"]
+
+
+def train_shared_tokenizer(
+    corpora: Mapping[str, Dataset],
+    vocab_size: int,
+    temperature: float,
+    num_sentences: int,
+    seed: int,
+    model_max_length: int = 512,
+    show_progress: bool = True,
+) -> PreTrainedTokenizerFast:
+    """One byte-level BPE vocabulary (paper: 32k) shared by all languages of `corpora`.
+
+    The training text is a temperature-balanced sample (see `temperature_balanced_sample`). Special tokens
+    and ids follow XLM-R: <s>=0 <pad>=1 </s>=2 <unk>=3, <mask> = vocab_size - 1.
+    The returned tokenizer's `init_kwargs["languages"]` lists the model's languages (saved to
+    tokenizer_config.json).
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+    # add_prefix_space=False (RoBERTa's choice) keeps decode(encode(text)) == text exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,  # <mask> is appended last, like XLM-R
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tokenizer.train_from_iterator(
+        temperature_balanced_sample(corpora, temperature, num_sentences, seed), trainer=trainer, length=num_sentences
+    )
+    tokenizer.add_special_tokens([MASK_TOKEN])
+    bos_id, eos_id = tokenizer.token_to_id(BOS_TOKEN), tokenizer.token_to_id(EOS_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} {EOS_TOKEN} $B {EOS_TOKEN}",
+        special_tokens=[(BOS_TOKEN, bos_id), (EOS_TOKEN, eos_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        sep_token=EOS_TOKEN,
+        cls_token=BOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        mask_token=MASK_TOKEN,
+        model_max_length=model_max_length,
+        languages=list(corpora),
+    )
+    check_special_token_ids(fast)
+    return fast
+
+
+def check_special_token_ids(tokenizer) -> None:
+    """The ids MetaXLMConfig assumes (bos 0, pad 1, eos 2): a mismatch would silently corrupt training."""
+    expected = {BOS_TOKEN: 0, PAD_TOKEN: 1, EOS_TOKEN: 2, UNK_TOKEN: 3}
+    found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
+    if found != expected:
+        raise ValueError(f"tokenizer special-token ids are {found}, expected {expected} (XLM-R / MetaXLMConfig)")
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+def _tokenize_batch(batch: dict[str, list[str]], tokenizer) -> dict[str, list[list[int]]]:
+    return {"token_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+
+
+def _pack_blocks(batch: dict[str, list[list[int]]], block_size: int, bos_id: int, eos_id: int, lang_id: int):
+    """XLM stream: sentence tokens each followed by </s>, cut into <s> + (block_size - 1) tokens.
+
+    The tail of a map batch shorter than a block is dropped (as in transformers' run_mlm group_texts).
+    """
+    stream = [token for sentence in batch["token_ids"] for token in (*sentence, eos_id)]
+    body = block_size - 1
+    blocks = [[bos_id, *stream[start : start + body]] for start in range(0, len(stream) - body + 1, body)]
+    return {"input_ids": blocks, "lang_ids": [lang_id] * len(blocks)}
+
+
+def tokenize_into_blocks(
+    sentences: Dataset, tokenizer, block_size: int, lang_id: int, num_proc: int | None = None, batch_size: int = 1000
+) -> Dataset:
+    """Fixed-length blocks (`input_ids`: block_size ints, `lang_ids`: int) from a "text" dataset."""
+    tokenized = sentences.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=batch_size,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=sentences.column_names,
+        num_proc=num_proc,
+        desc="tokenizing",
+    )
+    return tokenized.map(
+        _pack_blocks,
+        batched=True,
+        batch_size=batch_size,
+        fn_kwargs={
+            "block_size": block_size,
+            "bos_id": tokenizer.bos_token_id,
+            "eos_id": tokenizer.eos_token_id,
+            "lang_id": lang_id,
+        },
+        remove_columns=tokenized.column_names,
+        num_proc=num_proc,
+        desc="packing blocks",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- masking
+
+
+@dataclass
+class MLMCollator:
+    """Stacks block examples into an MLM batch with BERT's masking (Devlin et al. 2018), as XLM does.
+
+    Of the non-special, non-padding tokens, each is selected with probability `mlm_probability` (15%); a
+    selected token becomes <mask> 80% of the time, a random non-special token 10%, itself 10%.
+    Returns input_ids, attention_mask, labels (original id at selected positions, -100 elsewhere): all (B, T);
+    lang_ids (B,). Randomness comes from torch's global generator, which the Trainer seeds and checkpoints.
+    """
+
+    tokenizer: PreTrainedTokenizerFast
+    mlm_probability: float = 0.15
+    mask_replace_probability: float = 0.8
+    random_replace_probability: float = 0.1
+
+    def __post_init__(self):
+        self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
+        # Random replacements are drawn from ordinary tokens only: the ids that are not special.
+        is_ordinary = torch.ones(len(self.tokenizer), dtype=torch.bool)
+        is_ordinary[self.special_ids] = False
+        self.ordinary_ids = is_ordinary.nonzero().squeeze(1)
+
+    def __call__(self, examples: list[Mapping]) -> dict[str, torch.Tensor]:
+        pad_id = self.tokenizer.pad_token_id
+        longest = max(len(example["input_ids"]) for example in examples)
+        input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)  # (B, T)
+        for row, example in enumerate(examples):
+            input_ids[row, : len(example["input_ids"])] = torch.as_tensor(example["input_ids"])
+        attention_mask = (input_ids != pad_id).long()  # (B, T)
+        lang_ids = torch.tensor([int(example["lang_ids"]) for example in examples], dtype=torch.long)  # (B,)
+        masked_input_ids, labels = self.mask_tokens(input_ids)
+        return {"input_ids": masked_input_ids, "attention_mask": attention_mask, "labels": labels, "lang_ids": lang_ids}
+
+    def mask_tokens(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids -> (masked ids, labels); special tokens (incl. padding) are never selected."""
+        maskable = ~torch.isin(input_ids, self.special_ids)
+        selected = (torch.rand(input_ids.shape) < self.mlm_probability) & maskable
+        labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+        decision = torch.rand(input_ids.shape)
+        to_mask = selected & (decision < self.mask_replace_probability)
+        to_random = selected & (decision >= self.mask_replace_probability) & (
+            decision < self.mask_replace_probability + self.random_replace_probability
+        )
+        random_tokens = self.ordinary_ids[torch.randint(len(self.ordinary_ids), input_ids.shape)]
+        masked = torch.where(to_mask, torch.full_like(input_ids, self.tokenizer.mask_token_id), input_ids)
+        masked = torch.where(to_random, random_tokens, masked)
+        return masked, labels
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class PretrainingData:
+    """What MetaXLMTrainer takes: all languages' training blocks in one dataset (with `lang_ids`), the
+    per-language validation blocks (perplexity and the meta step), sampling probabilities from the true sizes."""
+
+    train: Dataset
+    validation: dict[str, Dataset]
+    sampling_probabilities: dict[str, float]
+    train_sentences: dict[str, int]
+
+
+def load_corpora(
+    languages: Sequence[str],
+    corpus_paths: Mapping[str, Sequence[str]] | None = None,
+    text_dir: str | None = None,
+    hub_dataset: str | None = None,
+    hub_config_template: str | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, Dataset]:
+    """Sentences of every language, in `languages` order.
+
+    A language's source is, first found: `corpus_paths[lang]` (files/folders), `text_dir/<lang>/`,
+    the Hub dataset `hub_dataset` with config `hub_config_template.format(lang=lang)`.
+    Every language is checked (paths exist, gzip readable, non-empty) before any is returned.
+    """
+    corpus_paths = dict(corpus_paths or {})
+    unknown = sorted(set(corpus_paths) - set(languages))
+    if unknown:
+        raise CorpusError(f"corpus_paths has languages {unknown} that are not in languages={list(languages)}")
+    sources: dict[str, list[str] | None] = {}
+    for language in languages:
+        if language in corpus_paths:
+            sources[language] = list(corpus_paths[language])
+        elif text_dir is not None and (Path(text_dir) / language).is_dir():
+            sources[language] = [str(Path(text_dir) / language)]
+        elif hub_dataset is not None:
+            sources[language] = None
+        else:
+            where = f"no folder {Path(text_dir) / language}" if text_dir else "no text_dir"
+            raise CorpusError(
+                f"language {language!r} has no data: not in corpus_paths, {where}, and no hub_dataset given"
+            )
+    corpora = {}
+    for language, paths in sources.items():
+        if paths is None:
+            config_name = hub_config_template.format(lang=language) if hub_config_template else None
+            corpora[language] = load_hub_corpus(language, hub_dataset, config_name)
+        else:
+            corpora[language] = load_language_corpus(language, paths, cache_dir=cache_dir)
+    return corpora
+
+
+def split_corpora(
+    corpora: Mapping[str, Dataset],
+    validation_sentences: int,
+    subsample: Mapping[str, int] | None,
+    seed: int,
+) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+    """(train, validation) sentences per language: validation held out first, then training subsampled."""
+    subsample = dict(subsample or {})
+    unknown = sorted(set(subsample) - set(corpora))
+    if unknown:
+        raise CorpusError(f"subsample names languages {unknown} that are not among {list(corpora)}")
+    train, validation = {}, {}
+    for language, sentences in corpora.items():
+        train[language], validation[language] = split_validation(sentences, validation_sentences, seed, language)
+        if language in subsample:
+            train[language] = subsample_sentences(train[language], subsample[language], seed, language)
+    return train, validation
+
+
+def build_blocks(
+    train: Mapping[str, Dataset],
+    validation: Mapping[str, Dataset],
+    tokenizer,
+    languages: Sequence[str],
+    block_size: int,
+    temperature: float,
+    num_proc: int | None = None,
+) -> PretrainingData:
+    """Tokenize and pack every language; p_i from the number of training blocks (tokens, not lines)."""
+    train_blocks, validation_blocks = {}, {}
+    for lang_id, language in enumerate(languages):
+        train_blocks[language] = tokenize_into_blocks(train[language], tokenizer, block_size, lang_id, num_proc)
+        validation_blocks[language] = tokenize_into_blocks(
+            validation[language], tokenizer, block_size, lang_id, num_proc
+        )
+        for split, blocks in (("training", train_blocks), ("validation", validation_blocks)):
+            if len(blocks[language]) == 0:
+                raise CorpusError(
+                    f"language {language!r}: its {split} sentences make no block of {block_size} tokens; "
+                    "lower block_size or give it more text (validation_sentences for validation)"
+                )
+    sizes = {language: len(blocks) for language, blocks in train_blocks.items()}
+    return PretrainingData(
+        train=concatenate_datasets([train_blocks[language] for language in languages]),
+        validation=validation_blocks,
+        sampling_probabilities=language_sampling_probabilities(sizes, temperature),
+        train_sentences={language: len(train[language]) for language in languages},
+    )
+
+
+def perplexity(loss: float) -> float:
+    """Perplexity of a mean MLM cross-entropy (nats): exp(loss); inf when it overflows."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+# ---------------------------------------------------------------------------------------------- run bookkeeping
+
+CHECKPOINT_COMPLETE_MARKER = "checkpoint_complete"
+
+
+class LanguagePerplexityCallback(TrainerCallback):
+    """Adds eval_<lang>_perplexity = exp(eval_<lang>_loss) to each evaluation log (paper Fig. 2).
+
+    It must run before the callbacks that print or write logs: see `add_callback_before_reporters`.
+    """
+
+    def __init__(self, languages: Sequence[str]):
+        self.languages = list(languages)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for language in self.languages:
+            loss = (logs or {}).get(f"eval_{language}_loss")
+            if loss is not None:
+                logs[f"eval_{language}_perplexity"] = perplexity(loss)
+
+
+class CheckpointCompletionCallback(TrainerCallback):
+    """Marks a checkpoint folder complete once every process has finished writing it.
+
+    transformers' Trainer writes checkpoint-N/ in place (no temporary folder + rename), so a run killed
+    mid-save leaves a folder that looks like a checkpoint. The marker file, written atomically (tmp + rename)
+    after a barrier, is what `latest_complete_checkpoint` trusts.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            temporary = folder / f".{CHECKPOINT_COMPLETE_MARKER}.tmp"
+            temporary.write_text(f"global_step={state.global_step}\n")
+            os.replace(temporary, folder / CHECKPOINT_COMPLETE_MARKER)
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint-N folder with the largest N that carries the completion marker (None when none does)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [
+        child
+        for child in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if child.name.split("-")[-1].isdigit() and (child / CHECKPOINT_COMPLETE_MARKER).is_file()
+    ]
+    return max(complete, key=lambda child: int(child.name.split("-")[-1]), default=None)
+
+
+def add_callback_before_reporters(trainer, callback: TrainerCallback) -> None:
+    """Insert `callback` so its on_log runs before the progress bar, printer and TensorBoard callbacks,
+    which all read the same logs dict (the Trainer calls callbacks in list order)."""
+    reporters = [cb for cb in trainer.callback_handler.callbacks if not isinstance(cb, DefaultFlowCallback)]
+    for reporter in reporters:
+        trainer.remove_callback(reporter)
+    trainer.add_callback(callback)
+    for reporter in reporters:
+        trainer.add_callback(reporter)
+
+
+__all__ = [
+    "CHECKPOINT_COMPLETE_MARKER",
+    "CheckpointCompletionCallback",
+    "LanguagePerplexityCallback",
+    "add_callback_before_reporters",
+    "latest_complete_checkpoint",
+    "CorpusError",
+    "MLMCollator",
+    "PretrainingData",
+    "build_blocks",
+    "check_special_token_ids",
+    "corpus_fingerprint",
+    "language_sampling_probabilities",
+    "load_corpora",
+    "load_hub_corpus",
+    "load_language_corpus",
+    "perplexity",
+    "resolve_corpus_files",
+    "split_corpora",
+    "split_validation",
+    "subsample_sentences",
+    "temperature_balanced_sample",
+    "tokenize_into_blocks",
+    "train_shared_tokenizer",
+]
