@@ -1,0 +1,189 @@
+"""Training-step throughput of MetaXLMForMaskedLM against transformers' X-MOD and XLM-R, in one run.
+
+A step is forward + backward + AdamW on a masked-LM batch (15% of positions predicted). Each model and precision
+runs in its own subprocess (so peak memory is its own); the subprocesses are interleaved over `--rounds` rounds
+and the median tokens/s over all timed steps is reported, with ratios against the baselines measured here.
+
+    .venv/bin/python benchmarks/model_throughput.py            # default sizes of the issue
+    .venv/bin/python benchmarks/model_throughput.py --steps 3 --warmup 1 --rounds 1 --batch 4   # smoke run
+
+Peak memory is the growth of the process's peak resident set size over its size just before the first step
+(model, optimizer state and activations of a step), in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CANDIDATES = {
+    # name: (model family, language_modules)
+    "meta_xlm_adapters": ("meta_xlm", "adapters"),
+    "xmod": ("xmod", None),
+    "meta_xlm_none": ("meta_xlm", "none"),
+    "xlm_roberta": ("xlm_roberta", None),
+}
+LANGUAGES = ["en", "sw"]
+
+
+def build_model(family: str, language_modules: str | None, args):
+    sizes = dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=args.ffn,
+        max_position_embeddings=args.length + 2,
+        type_vocab_size=1,
+    )
+    if family == "meta_xlm":
+        from meta_xlm import MetaXLMConfig, MetaXLMForMaskedLM
+
+        return MetaXLMForMaskedLM(MetaXLMConfig(languages=LANGUAGES, language_modules=language_modules, **sizes))
+    if family == "xmod":
+        from transformers import XmodConfig, XmodForMaskedLM
+
+        # X-MOD's adapters sit after the FFN block only; reduction 2 on one adapter per layer equals our two
+        # adapters per layer at reduction 4 in parameters and FLOPs.
+        config = XmodConfig(languages=LANGUAGES, default_language=LANGUAGES[0], adapter_reduction_factor=2, **sizes)
+        return XmodForMaskedLM(config)
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    return XLMRobertaForMaskedLM(XLMRobertaConfig(**sizes))
+
+
+def make_batch(family: str, args, generator):
+    import torch
+
+    input_ids = torch.randint(5, args.vocab, (args.batch, args.length), generator=generator)
+    masked = torch.rand(args.batch, args.length, generator=generator) < 0.15
+    labels = input_ids.masked_fill(~masked, -100)
+    batch = {"input_ids": input_ids.masked_fill(masked, 4), "attention_mask": torch.ones_like(input_ids)}
+    batch["labels"] = labels
+    if family == "meta_xlm":
+        batch["lang_ids"] = torch.zeros(args.batch, dtype=torch.long)
+    elif family == "xmod":
+        batch["lang_ids"] = torch.zeros(args.batch, dtype=torch.long)
+    return batch
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure(name: str, precision: str, args) -> dict:
+    """Runs in the subprocess: warm-up then timed steps of one model at one precision."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    family, language_modules = CANDIDATES[name]
+    model = build_model(family, language_modules, args).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    batches = [make_batch(family, args, generator) for _ in range(4)]
+    rss_before = current_rss_mib()
+    times = []
+    for step in range(args.warmup + args.steps):
+        batch = batches[step % len(batches)]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - start
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{name} {precision}: non-finite loss {loss.item()}")
+        if step >= args.warmup:
+            times.append(elapsed)
+    tokens = args.batch * args.length
+    return {"tokens_per_s": [tokens / t for t in times], "peak_mib": peak_rss_mib() - rss_before}
+
+
+def run_subprocess(name: str, precision: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--precision", precision, *args.passthrough]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        error = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        return {"error": error}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per subprocess (median over all)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
+    parser.add_argument("--worker", choices=list(CANDIDATES), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.passthrough = [
+        f"--{key}={getattr(args, key)}"
+        for key in ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
+    ]
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.precision, args)))
+        return
+    runs = [(name, precision) for precision in ("fp32", "bf16") for name in CANDIDATES]
+    collected = {run: {"tokens_per_s": [], "peak_mib": [], "error": None} for run in runs}
+    for round_index in range(args.rounds):
+        for run in runs:
+            print(f"round {round_index + 1}/{args.rounds}: {run[0]} {run[1]}", file=sys.stderr, flush=True)
+            result = run_subprocess(*run, args)
+            if "error" in result:
+                collected[run]["error"] = result["error"]
+                continue
+            collected[run]["tokens_per_s"] += result["tokens_per_s"]
+            collected[run]["peak_mib"].append(result["peak_mib"])
+
+    def median_tps(name, precision):
+        values = collected[(name, precision)]["tokens_per_s"]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
+          f"FFN {args.ffn}, vocab {args.vocab}, {args.threads} threads, median of {args.steps * args.rounds} steps")
+    print(f"{'model':<20} {'precision':<9} {'tokens/s':>10} {'peak MiB':>9}  note")
+    for name, precision in runs:
+        entry = collected[(name, precision)]
+        peak = max(entry["peak_mib"]) if entry["peak_mib"] else float("nan")
+        note = f"FAILED: {entry['error']}" if entry["error"] else ""
+        print(f"{name:<20} {precision:<9} {median_tps(name, precision):>10.0f} {peak:>9.0f}  {note}")
+    ratios = {
+        "adapters fp32 / X-MOD fp32 (target >= 1.2)": median_tps("meta_xlm_adapters", "fp32") / median_tps("xmod", "fp32"),
+        "adapters bf16 / adapters fp32 (target >= 1.5)": median_tps("meta_xlm_adapters", "bf16")
+        / median_tps("meta_xlm_adapters", "fp32"),
+        "none fp32 / XLM-R fp32 (target >= 0.95)": median_tps("meta_xlm_none", "fp32") / median_tps("xlm_roberta", "fp32"),
+        "none bf16 / XLM-R bf16": median_tps("meta_xlm_none", "bf16") / median_tps("xlm_roberta", "bf16"),
+    }
+    print()
+    for label, value in ratios.items():
+        print(f"{label:<48} {value:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
