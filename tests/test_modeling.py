@@ -360,3 +360,20 @@ def test_bad_lang_ids_raise(lang_ids, message):
 def test_language_id_of_unknown_code_names_it():
     with pytest.raises(ValueError, match="'xx'"):
         MetaXLMModel(tiny_config()).language_id("xx")
+
+
+@pytest.mark.parametrize("head", [MetaXLMForMaskedLM, MetaXLMForTokenClassification, MetaXLMForSequenceClassification],
+                         ids=lambda h: h.__name__)
+def test_losses_over_micro_batches_with_num_items_in_batch_add_up_to_the_full_batch_loss(head):
+    # The Trainer passes the label count of a whole accumulated step as num_items_in_batch; the micro-batch
+    # losses must then add up to the loss of one big batch (gradient accumulation == a larger batch).
+    model = head(tiny_config(language_modules="adapters")).eval()
+    batch = make_batch(seed=6)
+    batch.update(labels_for(head, batch))
+    if head is MetaXLMForTokenClassification:
+        batch["labels"][:, -2:] = -100
+    full = model(**batch).loss
+    count = batch["labels"].ne(-100).sum()
+    halves = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
+    accumulated = sum(model(**half, num_items_in_batch=count).loss for half in halves)
+    torch.testing.assert_close(accumulated, full)

@@ -468,6 +468,18 @@ class MetaXLMLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(features))))
 
 
+def cross_entropy_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+) -> torch.Tensor:
+    """Mean cross-entropy over labels != -100, or the sum divided by `num_items_in_batch` when the Trainer gives
+    it: the label count of all micro-batches of one optimizer step, so gradient accumulation weights every
+    label equally (as one large batch would)."""
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    if num_items_in_batch is None:
+        return loss / labels.ne(-100).sum().clamp(min=1)
+    return loss / num_items_in_batch
+
+
 class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
     _auto_class = "AutoModelForMaskedLM"  # save_pretrained copies this file beside the weights
     _tied_weights_keys = {
@@ -510,7 +522,7 @@ class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
             return MaskedLMOutput(logits=self.lm_head(hidden), hidden_states=outputs.hidden_states)
         predicted = labels.ne(-100)  # (B, T)
         logits = self.lm_head(hidden[predicted])  # (N_masked, V)
-        loss = F.cross_entropy(logits.float(), labels[predicted], reduction="sum") / predicted.sum().clamp(min=1)
+        loss = cross_entropy_loss(logits, labels[predicted], kwargs.get("num_items_in_batch"))
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -543,7 +555,9 @@ class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1), ignore_index=-100)
+            loss = cross_entropy_loss(
+                logits.view(-1, self.num_labels), labels.view(-1), kwargs.get("num_items_in_batch")
+            )
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -631,9 +645,10 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
         loss = None
         if labels is not None:
             if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+                loss = loss / kwargs.get("num_items_in_batch", labels.numel())
             else:
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
+                loss = cross_entropy_loss(logits, labels.view(-1), kwargs.get("num_items_in_batch"))
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
