@@ -10,13 +10,31 @@ The paper's model variants (Section 3.2, Appendix B) are two fields:
 | +adpt           | "adapters"       | False           |
 | +share adpt     | "adapters"       | True            |
 | +meta adpt      | "adapters"       | False (trained with `meta_learning=True`) |
+
+Where the feed-forward adapter sits (`ffn_adapter_*`, for importing X-MOD checkpoints). The default is the paper's
+(Houlsby-style) placement: o = A(z) + z on the FFN output z, then LayerNorm(o + residual). With
+`ffn_adapter_placement="after_residual"` the adapter runs on the residual sum x = z + residual instead, as in
+transformers' `XmodOutput`: n = norm(x); o = A(n) + skip; output = LayerNorm(o). The X-MOD options map as:
+
+| XmodConfig                                             | MetaXLMConfig                                   |
+|--------------------------------------------------------|-------------------------------------------------|
+| adapter_layer_norm=True (own LayerNorm before adapters) | ffn_adapter_input_norm="adapter_layer_norm"     |
+| adapter_layer_norm=False, adapter_reuse_layer_norm=True | ffn_adapter_input_norm="block_layer_norm"       |
+| adapter_layer_norm=False, adapter_reuse_layer_norm=False | ffn_adapter_input_norm="none"                  |
+| ln_before_adapter=True  (skip = norm(x))               | ffn_adapter_skip="adapter_input"                |
+| ln_before_adapter=False (skip = x)                     | ffn_adapter_skip="residual_sum"                 |
+| hidden_act (the adapter's activation)                  | adapter_activation                              |
 """
 
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 LANGUAGE_MODULE_KINDS = ("none", "ffn", "attention", "adapters")
+FFN_ADAPTER_PLACEMENTS = ("sublayer", "after_residual")
+FFN_ADAPTER_INPUT_NORMS = ("none", "block_layer_norm", "adapter_layer_norm")
+FFN_ADAPTER_SKIPS = ("adapter_input", "residual_sum")
 
 
 class MetaXLMConfig(PreTrainedConfig):
@@ -34,6 +52,12 @@ class MetaXLMConfig(PreTrainedConfig):
         adapter_reduction_factor: adapter bottleneck b = hidden_size / adapter_reduction_factor (paper: 4).
         shared_adapters: one copy of the adapters shared by all languages (the paper's "+share adpt").
         use_language_embeddings: add an XLM-style learned language embedding to the token embeddings.
+        adapter_activation: the adapters' nonlinearity g (paper: "relu"; X-MOD: its hidden_act).
+        ffn_adapter_placement: "sublayer" (paper, default) or "after_residual" (X-MOD); see the module docstring.
+        ffn_adapter_input_norm: with "after_residual": "none", "block_layer_norm" (reuse the block's LayerNorm)
+            or "adapter_layer_norm" (a LayerNorm of its own, shared by all languages).
+        ffn_adapter_skip: with "after_residual": the adapter's residual is its (normalised) input,
+            "adapter_input", or the un-normalised residual sum, "residual_sum".
     """
 
     model_type = "meta_xlm"
@@ -63,6 +87,10 @@ class MetaXLMConfig(PreTrainedConfig):
         adapter_reduction_factor: int = 4,
         shared_adapters: bool = False,
         use_language_embeddings: bool = False,
+        adapter_activation: str = "relu",
+        ffn_adapter_placement: str = "sublayer",
+        ffn_adapter_input_norm: str = "none",
+        ffn_adapter_skip: str = "adapter_input",
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -85,6 +113,10 @@ class MetaXLMConfig(PreTrainedConfig):
         self.adapter_reduction_factor = adapter_reduction_factor
         self.shared_adapters = shared_adapters
         self.use_language_embeddings = use_language_embeddings
+        self.adapter_activation = adapter_activation
+        self.ffn_adapter_placement = ffn_adapter_placement
+        self.ffn_adapter_input_norm = ffn_adapter_input_norm
+        self.ffn_adapter_skip = ffn_adapter_skip
         # transformers 5.x no longer declares this on the base class: without it the LM head is silently untied.
         self.tie_word_embeddings = tie_word_embeddings
         self.pad_token_id = pad_token_id
@@ -124,6 +156,34 @@ class MetaXLMConfig(PreTrainedConfig):
                 f"MetaXLMConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"adapter_reduction_factor={self.adapter_reduction_factor} (a positive integer)"
             )
+        self._validate_ffn_adapter_layout()
+
+    def _validate_ffn_adapter_layout(self) -> None:
+        for name, value, allowed in (
+            ("ffn_adapter_placement", self.ffn_adapter_placement, FFN_ADAPTER_PLACEMENTS),
+            ("ffn_adapter_input_norm", self.ffn_adapter_input_norm, FFN_ADAPTER_INPUT_NORMS),
+            ("ffn_adapter_skip", self.ffn_adapter_skip, FFN_ADAPTER_SKIPS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MetaXLMConfig.{name}={value!r}: expected one of {allowed}")
+        if self.adapter_activation not in ACT2FN:
+            raise ValueError(
+                f"MetaXLMConfig.adapter_activation={self.adapter_activation!r} is not a transformers activation "
+                "name (e.g. 'relu', 'gelu')"
+            )
+        if self.ffn_adapter_placement == "sublayer" and (
+            self.ffn_adapter_input_norm != "none" or self.ffn_adapter_skip != "adapter_input"
+        ):
+            raise ValueError(
+                "MetaXLMConfig.ffn_adapter_input_norm / ffn_adapter_skip apply only with "
+                f"ffn_adapter_placement='after_residual'; got ffn_adapter_input_norm={self.ffn_adapter_input_norm!r}, "
+                f"ffn_adapter_skip={self.ffn_adapter_skip!r} with ffn_adapter_placement='sublayer'"
+            )
+        if self.ffn_adapter_placement != "sublayer" and self.language_modules != "adapters":
+            raise ValueError(
+                f"MetaXLMConfig.ffn_adapter_placement={self.ffn_adapter_placement!r} needs language_modules='adapters', "
+                f"got language_modules={self.language_modules!r}"
+            )
 
     @property
     def adapter_size(self) -> int:
@@ -137,4 +197,10 @@ class MetaXLMConfig(PreTrainedConfig):
         return self.languages.index(code)
 
 
-__all__ = ["MetaXLMConfig", "LANGUAGE_MODULE_KINDS"]
+__all__ = [
+    "FFN_ADAPTER_INPUT_NORMS",
+    "FFN_ADAPTER_PLACEMENTS",
+    "FFN_ADAPTER_SKIPS",
+    "LANGUAGE_MODULE_KINDS",
+    "MetaXLMConfig",
+]

@@ -145,7 +145,7 @@ def load_hub_corpus(
     """One language's text from a Hub dataset (e.g. "wikimedia/wikipedia", config "20231101.sw").
 
     Map-style (downloaded once into the Arrow cache and memory-mapped), so the training sampler can index it.
-    Paragraphs are kept as they come: one row is one training "sentence".
+    Rows (e.g. whole articles) are split into their non-blank lines (paragraphs), like local files.
     """
     dataset = load_dataset(dataset_id, config_name, split=split)
     if text_column not in dataset.column_names:
@@ -154,10 +154,14 @@ def load_hub_corpus(
             f"columns are {dataset.column_names}"
         )
     dataset = dataset.select_columns([text_column]).rename_column(text_column, "text")
-    dataset = dataset.filter(lambda batch: [bool(text.strip()) for text in batch["text"]], batched=True)
+    dataset = dataset.map(_split_lines, batched=True, remove_columns=["text"], desc=f"splitting {language} lines")
     if len(dataset) == 0:
         raise CorpusError(f"language {language!r} is empty in Hub dataset {dataset_id} ({config_name})")
     return dataset
+
+
+def _split_lines(batch: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {"text": [line.strip() for text in batch["text"] for line in text.splitlines() if line.strip()]}
 
 
 def split_validation(dataset: Dataset, validation_sentences: int, seed: int, language: str) -> tuple[Dataset, Dataset]:
@@ -337,13 +341,19 @@ class MLMCollator:
     Of the non-special, non-padding tokens, each is selected with probability `mlm_probability` (15%); a
     selected token becomes <mask> 80% of the time, a random non-special token 10%, itself 10%.
     Returns input_ids, attention_mask, labels (original id at selected positions, -100 elsewhere): all (B, T);
-    lang_ids (B,). Randomness comes from torch's global generator, which the Trainer seeds and checkpoints.
+    lang_ids (B,).
+
+    The masks are drawn from a generator seeded with `seed` and a hash of the batch's token ids, not from
+    torch's global generator: accelerate's dataloader collates one batch ahead, so a global-RNG mask would be
+    drawn before a checkpoint's RNG state is saved and a resumed run would mask differently. Content seeding
+    makes every batch's mask a function of (seed, batch): resumed runs reproduce the uninterrupted losses.
     """
 
     tokenizer: PreTrainedTokenizerFast
     mlm_probability: float = 0.15
     mask_replace_probability: float = 0.8
     random_replace_probability: float = 0.1
+    seed: int = 0
 
     def __post_init__(self):
         self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
@@ -363,17 +373,22 @@ class MLMCollator:
         masked_input_ids, labels = self.mask_tokens(input_ids)
         return {"input_ids": masked_input_ids, "attention_mask": attention_mask, "labels": labels, "lang_ids": lang_ids}
 
+    def batch_generator(self, input_ids: torch.Tensor) -> torch.Generator:
+        digest = hashlib.blake2b(input_ids.numpy().tobytes(), digest_size=8, key=str(self.seed).encode())
+        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
     def mask_tokens(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids -> (masked ids, labels); special tokens (incl. padding) are never selected."""
+        generator = self.batch_generator(input_ids)
         maskable = ~torch.isin(input_ids, self.special_ids)
-        selected = (torch.rand(input_ids.shape) < self.mlm_probability) & maskable
+        selected = (torch.rand(input_ids.shape, generator=generator) < self.mlm_probability) & maskable
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
-        decision = torch.rand(input_ids.shape)
+        decision = torch.rand(input_ids.shape, generator=generator)
         to_mask = selected & (decision < self.mask_replace_probability)
         to_random = selected & (decision >= self.mask_replace_probability) & (
             decision < self.mask_replace_probability + self.random_replace_probability
         )
-        random_tokens = self.ordinary_ids[torch.randint(len(self.ordinary_ids), input_ids.shape)]
+        random_tokens = self.ordinary_ids[torch.randint(len(self.ordinary_ids), input_ids.shape, generator=generator)]
         masked = torch.where(to_mask, torch.full_like(input_ids, self.tokenizer.mask_token_id), input_ids)
         masked = torch.where(to_random, random_tokens, masked)
         return masked, labels

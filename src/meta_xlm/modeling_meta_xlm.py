@@ -189,15 +189,18 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling: 
 
 
 class MetaXLMAdapter(nn.Module):
-    """Residual bottleneck adapter (Section 3.2): h = g(W_z z), o = W_h h + z, g = ReLU, b = d / r."""
+    """Residual bottleneck adapter (Section 3.2): h = g(W_z z), o = W_h h + z, g = ReLU, b = d / r.
+
+    `skip` replaces z in the residual term (X-MOD's ln_before_adapter=False adds the un-normalised sum)."""
 
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
         self.dense1 = nn.Linear(config.hidden_size, config.adapter_size)  # W_z: d -> b
         self.dense2 = nn.Linear(config.adapter_size, config.hidden_size)  # W_h: b -> d
+        self.activation = ACT2FN[config.adapter_activation]  # g (paper: ReLU)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.dense2(F.relu(self.dense1(z))) + z
+    def forward(self, z: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dense2(self.activation(self.dense1(z))) + (z if skip is None else skip)
 
 
 def build_adapters(config: MetaXLMConfig) -> tuple[LanguageModuleDict | None, MetaXLMAdapter | None]:
@@ -209,12 +212,14 @@ def build_adapters(config: MetaXLMConfig) -> tuple[LanguageModuleDict | None, Me
     return per_language(config, lambda: MetaXLMAdapter(config)), None
 
 
-def apply_adapter(module: nn.Module, z: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
+def apply_adapter(
+    module: nn.Module, z: torch.Tensor, routing: LanguageRouting, skip: torch.Tensor | None = None
+) -> torch.Tensor:
     if module.adapter_modules is not None:
-        return module.adapter_modules(routing, z)
+        return module.adapter_modules(routing, z, skip)
     if module.adapter is not None:
-        return module.adapter(z)
-    return z
+        return module.adapter(z, skip)
+    return z if skip is None else skip
 
 
 class MetaXLMSelfOutput(nn.Module):
@@ -269,7 +274,10 @@ class MetaXLMIntermediate(nn.Module):
 
 
 class MetaXLMOutput(nn.Module):
-    """FFN output projection, adapter, then residual + LayerNorm."""
+    """FFN output projection, adapter, then residual + LayerNorm.
+
+    With `config.ffn_adapter_placement="after_residual"` the adapter runs on the residual sum instead, as in
+    transformers' `XmodOutput` (see the mapping in configuration_meta_xlm.py)."""
 
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
@@ -278,14 +286,34 @@ class MetaXLMOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.adapter_modules, self.adapter = build_adapters(config)
+        self.adapter_placement = config.ffn_adapter_placement
+        self.adapter_input_norm = config.ffn_adapter_input_norm
+        self.adapter_skip = config.ffn_adapter_skip
+        # X-MOD's adapter_layer_norm: one LayerNorm before the adapters, shared by all languages (same name).
+        self.adapter_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.ffn_adapter_input_norm == "adapter_layer_norm"
+            else None
+        )
 
     def forward(self, intermediate, residual, routing: LanguageRouting) -> torch.Tensor:
         if isinstance(self.dense, LanguageModuleDict):
             z = self.dense(routing, intermediate)
         else:
             z = self.dense(intermediate)
-        z = apply_adapter(self, self.dropout(z), routing)
-        return self.LayerNorm(z + residual)
+        if self.adapter_placement == "sublayer":
+            z = apply_adapter(self, self.dropout(z), routing)
+            return self.LayerNorm(z + residual)
+        # X-MOD: x = z + residual; n = norm(x); output = LayerNorm(A(n) + skip), skip = n or x.
+        summed = self.dropout(z) + residual  # (B, T, H)
+        if self.adapter_layer_norm is not None:
+            normed = self.adapter_layer_norm(summed)
+        elif self.adapter_input_norm == "block_layer_norm":
+            normed = self.LayerNorm(summed)
+        else:
+            normed = summed
+        skip = summed if self.adapter_skip == "residual_sum" else None
+        return self.LayerNorm(apply_adapter(self, normed, routing, skip))
 
 
 class MetaXLMLayer(nn.Module):

@@ -31,7 +31,9 @@ SPLITS = ("train", "dev", "test")
 
 
 def _panx(language: str) -> dict[str, str]:
-    return {split: f"ner/panx_xtreme/{'dev' if split == 'test' else split}-{language}.tsv.gz" for split in SPLITS}
+    return {
+        split: f"ner/panx_xtreme/{'dev' if split == 'test' else split}-{language}.tsv.gz" for split in SPLITS
+    }
 
 
 def _ud(folder: str, prefix: str, splits=SPLITS) -> dict[str, str]:
@@ -96,7 +98,9 @@ def resolve_data_file(task: str, language: str, split: str, data_dir: str | Path
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     languages = DATA_LAYOUT[task]
     if language not in languages:
-        raise ValueError(f"no {task} data for language {language!r} under {data_dir}; available: {sorted(languages)}")
+        raise ValueError(
+            f"no {task} data for language {language!r} under {data_dir}; available: {sorted(languages)}"
+        )
     if split not in languages[language]:
         raise ValueError(
             f"no {task} {split} split for language {language!r} under {data_dir}; available splits: "
@@ -106,14 +110,21 @@ def resolve_data_file(task: str, language: str, split: str, data_dir: str | Path
 
 
 def load_task_file(
-    task: str, path: str | Path, language: str, map_malformed_to_o: bool = False, report: DataReport | None = None
+    task: str,
+    path: str | Path,
+    language: str,
+    ner_label_set: list[str] | None = None,
+    map_malformed_to_o: bool = False,
+    report: DataReport | None = None,
 ) -> datasets.Dataset:
-    """Load one local benchmark file with the loader of its task (format chosen by task and file name)."""
-    path = Path(path)
+    """Load one local benchmark file with the loader of its task.
+
+    NER: `token<TAB>tag` / `token tag` IOB2 files; `ner_label_set` restricts the tags (PANX_TAGS for PAN-X),
+    None accepts any well-formed IOB2 tag (MasakhaNER, IL-NER bring their own sets). POS: CoNLL-U when the
+    name contains ".conllu", else `token<TAB>UPOS`. QA: SQuAD JSON. NLI: XNLI TSV.
+    """
     if task == "ner":
-        # PAN-X files use the fixed WikiAnn tag set; other BIO corpora (MasakhaNER, IL-NER) bring their own.
-        label_set = PANX_TAGS if "panx" in str(path) or "wikiann" in str(path) else None
-        return load_token_tag_file(path, language, "iob2", label_set, map_malformed_to_o, report)
+        return load_token_tag_file(path, language, "iob2", ner_label_set, map_malformed_to_o, report)
     if task == "pos":
         return load_pos_file(path, language)
     if task == "qa":
@@ -156,4 +167,5 @@ def load_task_split(
     if hub_id is not None:
         return load_hub_split(task, hub_id, language, split)
     path = resolve_data_file(task, language, split, data_dir)
-    return load_task_file(task, path, language, map_malformed_to_o, report)
+    # NER in DATA_LAYOUT is PAN-X: its files must use the WikiAnn tag set.
+    return load_task_file(task, path, language, PANX_TAGS, map_malformed_to_o, report)

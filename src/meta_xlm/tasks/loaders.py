@@ -29,9 +29,9 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import datasets
 
@@ -39,9 +39,24 @@ logger = logging.getLogger(__name__)
 
 # The 17 Universal POS tags (https://universaldependencies.org/u/pos/).
 UPOS_TAGS = [
-    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
-    "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
-]  # fmt: skip
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+]
 # WikiAnn / PAN-X tags in the Hub `wikiann` dataset's ClassLabel order.
 PANX_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 # XNLI labels in the Hub `xnli` dataset's ClassLabel order.
@@ -188,7 +203,9 @@ def load_token_tag_file(
             if problem is not None:
                 if not map_malformed_to_o:
                     raise DataFormatError(
-                        path, number, f"{problem} (pass map_malformed_to_o=True to map malformed NER tags to O)"
+                        path,
+                        number,
+                        f"{problem} (pass map_malformed_to_o=True to map malformed NER tags to O)",
                     )
                 report.add("malformed_tags_mapped_to_O", detail=f"{path.name}:{number}: {problem}")
                 tag = "O"
@@ -197,8 +214,12 @@ def load_token_tag_file(
         rows.append({"id": f"{path.name}:{first_line}", "tokens": tokens, "tags": tags, "language": language})
     mapped = report.counts["malformed_tags_mapped_to_O"] - mapped_before
     if mapped:
-        logger.warning("%s: %d malformed tags mapped to O (e.g. %s)", path, mapped,
-                       report.details["malformed_tags_mapped_to_O"][:3])  # fmt: skip
+        logger.warning(
+            "%s: %d malformed tags mapped to O (e.g. %s)",
+            path,
+            mapped,
+            report.details["malformed_tags_mapped_to_O"][:3],
+        )
     logger.info("%s: %d sentences", path, len(rows))
     return datasets.Dataset.from_list(rows, features=TAGGING_FEATURES)
 
@@ -229,14 +250,18 @@ def load_conllu(path: str | Path, language: str) -> datasets.Dataset:
     for number, line in enumerate(open_text(path), start=1):
         if not line.strip():
             if tokens:
-                rows.append({"id": f"{path.name}:{first_line}", "tokens": tokens, "tags": tags, "language": language})
+                rows.append(
+                    {"id": f"{path.name}:{first_line}", "tokens": tokens, "tags": tags, "language": language}
+                )
             tokens, tags, first_line = [], [], None
             continue
         if line.startswith("#"):
             continue
         columns = line.split("\t")
         if len(columns) != 10:
-            raise DataFormatError(path, number, f"expected 10 TAB-separated CoNLL-U columns, got {len(columns)}")
+            raise DataFormatError(
+                path, number, f"expected 10 TAB-separated CoNLL-U columns, got {len(columns)}"
+            )
         word_id, form, upos = columns[0], columns[1], columns[3]
         if _CONLLU_RANGE_ID.match(word_id) or _CONLLU_EMPTY_NODE_ID.match(word_id):
             continue
@@ -269,7 +294,12 @@ def tagging_from_hub_layout(dataset: datasets.Dataset, language: str, tags_colum
         )
     names = dataset.features[tags_column].feature.names
     rows = [
-        {"id": str(index), "tokens": row["tokens"], "tags": [names[t] for t in row[tags_column]], "language": language}
+        {
+            "id": str(index),
+            "tokens": row["tokens"],
+            "tags": [names[t] for t in row[tags_column]],
+            "language": language,
+        }
         for index, row in enumerate(dataset)
     ]
     return datasets.Dataset.from_list(rows, features=TAGGING_FEATURES)
@@ -308,16 +338,23 @@ def load_squad_json(path: str | Path, language: str) -> datasets.Dataset:
                     found = context[start : start + len(text)]
                     if found != text:
                         raise DataFormatError(
-                            path, None,
+                            path,
+                            None,
                             f"{where}: answer {text!r} is not at answer_start={start} of the context "
                             f"(the context has {found!r} there)",
-                        )  # fmt: skip
+                        )
                     texts.append(text)
                     starts.append(start)
-                rows.append({
-                    "id": str(qa["id"]), "title": title, "context": context, "question": qa["question"],
-                    "answers": {"text": texts, "answer_start": starts}, "language": language,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "id": str(qa["id"]),
+                        "title": title,
+                        "context": context,
+                        "question": qa["question"],
+                        "answers": {"text": texts, "answer_start": starts},
+                        "language": language,
+                    }
+                )
     logger.info("%s: %d questions", path, len(rows))
     return datasets.Dataset.from_list(rows, features=QA_FEATURES)
 
@@ -325,11 +362,19 @@ def load_squad_json(path: str | Path, language: str) -> datasets.Dataset:
 def qa_from_hub_layout(dataset: datasets.Dataset, language: str) -> datasets.Dataset:
     """Convert a Hub SQuAD-layout dataset (`squad`, `tydiqa` secondary_task, `xquad`) to QA_FEATURES."""
     rows = [
-        {"id": str(row["id"]), "title": row.get("title", ""), "context": row["context"], "question": row["question"],
-         "answers": {"text": list(row["answers"]["text"]), "answer_start": list(row["answers"]["answer_start"])},
-         "language": language}
+        {
+            "id": str(row["id"]),
+            "title": row.get("title", ""),
+            "context": row["context"],
+            "question": row["question"],
+            "answers": {
+                "text": list(row["answers"]["text"]),
+                "answer_start": list(row["answers"]["answer_start"]),
+            },
+            "language": language,
+        }
         for row in dataset
-    ]  # fmt: skip
+    ]
     return datasets.Dataset.from_list(rows, features=QA_FEATURES)
 
 
@@ -348,13 +393,22 @@ def load_xnli_tsv(path: str | Path, language: str) -> datasets.Dataset:
         columns = line.split("\t")
         if len(columns) != 3:
             raise DataFormatError(
-                path, number, f"expected 3 TAB-separated columns premise, hypothesis, label; got {len(columns)}"
+                path,
+                number,
+                f"expected 3 TAB-separated columns premise, hypothesis, label; got {len(columns)}",
             )
         premise, hypothesis, label = columns
         if label not in NLI_LABELS:
             raise DataFormatError(path, number, f"label {label!r} is not one of {NLI_LABELS}")
-        rows.append({"id": f"{path.name}:{number}", "premise": premise, "hypothesis": hypothesis,
-                     "label": NLI_LABELS.index(label), "language": language})  # fmt: skip
+        rows.append(
+            {
+                "id": f"{path.name}:{number}",
+                "premise": premise,
+                "hypothesis": hypothesis,
+                "label": NLI_LABELS.index(label),
+                "language": language,
+            }
+        )
     logger.info("%s: %d pairs", path, len(rows))
     return datasets.Dataset.from_list(rows, features=NLI_FEATURES)
 
@@ -365,8 +419,13 @@ def nli_from_hub_layout(dataset: datasets.Dataset, language: str) -> datasets.Da
     if names != NLI_LABELS:
         raise ValueError(f"expected label names {NLI_LABELS}, the Hub dataset has {names}")
     rows = [
-        {"id": str(index), "premise": row["premise"], "hypothesis": row["hypothesis"], "label": row["label"],
-         "language": language}
+        {
+            "id": str(index),
+            "premise": row["premise"],
+            "hypothesis": row["hypothesis"],
+            "label": row["label"],
+            "language": language,
+        }
         for index, row in enumerate(dataset)
-    ]  # fmt: skip
+    ]
     return datasets.Dataset.from_list(rows, features=NLI_FEATURES)

@@ -30,9 +30,9 @@ def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
     _check_aligned(gold, predicted)
     gold, predicted = [list(s) for s in gold], [list(s) for s in predicted]
     return {
-        "precision": 100.0 * seqeval_precision(gold, predicted),
-        "recall": 100.0 * seqeval_recall(gold, predicted),
-        "f1": 100.0 * seqeval_f1(gold, predicted),
+        "precision": 100.0 * float(seqeval_precision(gold, predicted)),
+        "recall": 100.0 * float(seqeval_recall(gold, predicted)),
+        "f1": 100.0 * float(seqeval_f1(gold, predicted)),
     }
 
 
@@ -42,7 +42,7 @@ def pos_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
     total = sum(len(sentence) for sentence in gold)
     if total == 0:
         raise ValueError("pos_scores got no words to score")
-    correct = sum(g == p for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps))
+    correct = sum(int(g == p) for gs, ps in zip(gold, predicted) for g, p in zip(gs, ps))
     accuracy = 100.0 * correct / total
     return {"accuracy": accuracy, "f1": accuracy}
 
@@ -59,7 +59,7 @@ def accuracy(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, float]:
     """Classification accuracy (percent)."""
     if len(gold) != len(predicted) or not gold:
         raise ValueError(f"accuracy needs equally long non-empty lists, got {len(gold)} and {len(predicted)}")
-    return {"accuracy": 100.0 * sum(g == p for g, p in zip(gold, predicted)) / len(gold)}
+    return {"accuracy": 100.0 * sum(int(g == p) for g, p in zip(gold, predicted)) / len(gold)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,7 +113,9 @@ def squad_f1(prediction: str, gold: str, language: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: dict[str, str], references: dict[str, list[str]], language: str) -> dict[str, float]:
+def squad_scores(
+    predictions: dict[str, str], references: dict[str, list[str]], language: str
+) -> dict[str, float]:
     """SQuAD F1 / EM (percent): per question the best score over its gold answers, averaged over questions.
 
     predictions: question id -> predicted answer text; references: question id -> gold answer texts. A

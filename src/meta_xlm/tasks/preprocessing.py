@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-def language_index(config: PretrainedConfig, language: str, fallback_language: str | None = None) -> int | None:
+def language_index(
+    config: PretrainedConfig, language: str, fallback_language: str | None = None
+) -> int | None:
     """Index of `language` in a MetaXLM model's `config.languages` (its `lang_ids` value); None for other models.
 
     A language the model lacks is an error, unless `fallback_language` (which the model must have) names the
@@ -44,9 +46,15 @@ def language_index(config: PretrainedConfig, language: str, fallback_language: s
             "name one of them as the fallback language (--fallback_language) to route this language through it"
         )
     if fallback_language not in languages:
-        raise ValueError(f"fallback language {fallback_language!r} is not one of the model's languages {languages}")
-    logger.warning("language %r is not in the model's languages %s: routed through %r", language, languages,
-                   fallback_language)  # fmt: skip
+        raise ValueError(
+            f"fallback language {fallback_language!r} is not one of the model's languages {languages}"
+        )
+    logger.warning(
+        "language %r is not in the model's languages %s: routed through %r",
+        language,
+        languages,
+        fallback_language,
+    )
     return languages.index(fallback_language)
 
 
@@ -82,31 +90,35 @@ def tokenize_tagging(
     """Tokenise a TAGGING_FEATURES dataset into input_ids / attention_mask / labels (+ lang_ids).
 
     Words cut off by `max_length`, and words the tokenizer turns into no token at all, get no label: they are
-    counted in `report` ("words_truncated", "words_without_subwords") and left out of the scores.
+    counted in `report` ("words_without_label") and left out of the scores.
     """
     report = report if report is not None else DataReport()
     unknown = sorted({tag for tags in dataset["tags"] for tag in tags} - set(label2id))
     if unknown:
-        raise ValueError(f"tags {unknown} of this {dataset[0]['language']} data are not in the label set {list(label2id)}")
+        raise ValueError(
+            f"tags {unknown} of this {dataset[0]['language']} data are not in the label set {list(label2id)}"
+        )
 
     def align(batch):
-        encoding = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        encoding = tokenizer(
+            batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length
+        )
         encoding["labels"] = []
         for index, tags in enumerate(batch["tags"]):
             word_ids = encoding.word_ids(index)
             encoding["labels"].append(first_subword_labels(word_ids, [label2id[tag] for tag in tags]))
-            seen = {word for word in word_ids if word is not None}
-            last = max(seen, default=-1)
-            truncated = len(tags) - 1 - last
-            report.add("words_truncated", truncated)
-            report.add("words_without_subwords", last + 1 - len(seen))
+            labelled_words = {word for word in word_ids if word is not None}
+            report.add("words_without_label", len(tags) - len(labelled_words))
         return _add_lang_ids(dict(encoding), lang_id, len(batch["tokens"]))
 
     tokenized = dataset.map(align, batched=True, remove_columns=dataset.column_names, desc="tokenizing words")
-    for what in ("words_truncated", "words_without_subwords"):
-        if report.counts[what]:
-            logger.warning("%d words %s: they get no label and are left out of the scores", report.counts[what],
-                           what.replace("words_", "").replace("_", " "))  # fmt: skip
+    if report.counts["words_without_label"]:
+        logger.warning(
+            "%d words got no label (cut off by max_length=%d, or no subword at all): they are left out of the "
+            "scores",
+            report.counts["words_without_label"],
+            max_length,
+        )
     return tokenized
 
 
@@ -141,10 +153,14 @@ def _truncate_questions(questions: list[str], tokenizer: PreTrainedTokenizerBase
     ]
 
 
-def _encode_qa(batch, tokenizer: PreTrainedTokenizerBase, max_length: int, doc_stride: int, max_question_length: int):
+def _encode_qa(
+    batch, tokenizer: PreTrainedTokenizerBase, max_length: int, doc_stride: int, max_question_length: int
+):
     """Question + context windows; the context is the truncated side, windows overlap by `doc_stride` tokens."""
     if tokenizer.padding_side != "right":
-        raise ValueError("QA preprocessing expects tokenizer.padding_side='right' (question first, then context)")
+        raise ValueError(
+            "QA preprocessing expects tokenizer.padding_side='right' (question first, then context)"
+        )
     # Room left for the context: max_length - question - 4 specials (<s> q </s></s> c </s>) must exceed the stride.
     if doc_stride >= max_length - max_question_length - 4:
         raise ValueError(
@@ -171,6 +187,25 @@ def _context_span(sequence_ids: list[int | None]) -> tuple[int, int]:
     return start, end
 
 
+def _add_answer_positions(encoding, source: list[int], batch, report: DataReport) -> None:
+    """start/end token positions of each window's first gold answer; a window that does not contain the whole
+    answer points both at the first token (<s>, the "no answer here" position of SQuAD 1.1 training); those
+    windows are counted as "windows_without_answer"."""
+    encoding["start_positions"], encoding["end_positions"] = [], []
+    for feature, example in enumerate(source):
+        answers = batch["answers"][example]
+        if not answers["text"]:
+            raise ValueError(f"question {batch['id'][example]!r} has no gold answer")
+        start_char = answers["answer_start"][0]
+        end_char = start_char + len(answers["text"][0])
+        offsets = encoding["offset_mapping"][feature]
+        start, end = _answer_token_span(encoding.sequence_ids(feature), offsets, start_char, end_char)
+        if start == 0:
+            report.add("windows_without_answer")
+        encoding["start_positions"].append(start)
+        encoding["end_positions"].append(end)
+
+
 def prepare_qa_train_features(
     dataset: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -180,29 +215,14 @@ def prepare_qa_train_features(
     lang_id: int | None = None,
     report: DataReport | None = None,
 ) -> datasets.Dataset:
-    """Training windows with start/end token positions of the first gold answer.
-
-    A window that does not contain the whole answer points both positions at the first token (<s>, the
-    "no answer here" position of SQuAD 1.1 training); those windows are counted as "windows_without_answer".
-    """
+    """Training windows with start/end token positions of the first gold answer (see _add_answer_positions)."""
     report = report if report is not None else DataReport()
 
     def encode(batch):
         encoding = _encode_qa(batch, tokenizer, max_length, doc_stride, max_question_length)
         source = encoding.pop("overflow_to_sample_mapping")
-        offsets = encoding.pop("offset_mapping")
-        encoding["start_positions"], encoding["end_positions"] = [], []
-        for feature, example in enumerate(source):
-            answers = batch["answers"][example]
-            if not answers["text"]:
-                raise ValueError(f"training question {batch['id'][example]!r} has no gold answer")
-            start_char = answers["answer_start"][0]
-            end_char = start_char + len(answers["text"][0])
-            start, end = _answer_token_span(encoding.sequence_ids(feature), offsets[feature], start_char, end_char)
-            if start == 0:
-                report.add("windows_without_answer")
-            encoding["start_positions"].append(start)
-            encoding["end_positions"].append(end)
+        _add_answer_positions(encoding, source, batch, report)
+        encoding.pop("offset_mapping")
         return _add_lang_ids(dict(encoding), lang_id, len(source))
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="QA training windows")
@@ -229,22 +249,34 @@ def prepare_qa_eval_features(
     doc_stride: int = 128,
     max_question_length: int = 64,
     lang_id: int | None = None,
+    with_answer_positions: bool = False,
+    report: DataReport | None = None,
 ) -> datasets.Dataset:
-    """Evaluation windows with `example_id` and an `offset_mapping` that is None outside the context."""
+    """Evaluation windows with `example_id` and an `offset_mapping` that is None outside the context.
+
+    with_answer_positions: also add the first gold answer's start/end positions (the training labels), so a
+    Trainer computes a dev loss and hands the predictions to `compute_metrics`; the windows are the same.
+    """
+    report = report if report is not None else DataReport()
 
     def encode(batch):
         encoding = _encode_qa(batch, tokenizer, max_length, doc_stride, max_question_length)
         source = encoding.pop("overflow_to_sample_mapping")
+        if with_answer_positions:
+            _add_answer_positions(encoding, source, batch, report)
         encoding["example_id"] = []
         for feature, example in enumerate(source):
             sequence_ids = encoding.sequence_ids(feature)
             encoding["example_id"].append(batch["id"][example])
             encoding["offset_mapping"][feature] = [
-                tuple(offset) if sequence_ids[k] == 1 else None for k, offset in enumerate(encoding["offset_mapping"][feature])
+                tuple(offset) if sequence_ids[k] == 1 else None
+                for k, offset in enumerate(encoding["offset_mapping"][feature])
             ]
         return _add_lang_ids(dict(encoding), lang_id, len(source))
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="QA evaluation windows")
+    return dataset.map(
+        encode, batched=True, remove_columns=dataset.column_names, desc="QA evaluation windows"
+    )
 
 
 def postprocess_qa_predictions(

@@ -1,0 +1,245 @@
+"""Pretrain a MetaXLM masked LM (Mono / JointPair / JointTri / +ffn / +attn / +adpt / +share adpt / +meta adpt).
+
+    accelerate launch recipes/pretrain.py --config recipes/configs/<model>.yaml [--field value ...]
+
+Every field of the dataclasses below (and of MetaXLMTrainingArguments) can be set in the YAML file or on the
+command line; the command line wins. An unknown key is an error. `--resume_from_checkpoint latest` resumes from
+the newest complete checkpoint in output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+
+import meta_xlm  # noqa: F401  (registers the Auto classes)
+from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.data import (
+    CheckpointCompletionCallback,
+    LanguagePerplexityCallback,
+    MLMCollator,
+    add_callback_before_reporters,
+    build_blocks,
+    check_special_token_ids,
+    latest_complete_checkpoint,
+    load_corpora,
+    perplexity,
+    split_corpora,
+    train_shared_tokenizer,
+)
+from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
+from meta_xlm.trainer import MetaXLMTrainer, MetaXLMTrainingArguments
+
+logger = logging.getLogger("pretrain")
+
+
+@dataclass
+class DataArguments:
+    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "language codes, in model order"})
+    text_dir: str | None = field(default=None, metadata={"help": "folder with one sub-folder of text per language"})
+    corpus_files: list[str] = field(
+        default_factory=list, metadata={"help": "LANG=PATH entries (file or folder), override text_dir per language"}
+    )
+    hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset for languages without local text"})
+    hub_config_template: str | None = field(default=None, metadata={"help": "Hub config name, e.g. 20231101.{lang}"})
+    validation_sentences: int = field(default=1000, metadata={"help": "held-out sentences per language"})
+    subsample: list[str] = field(
+        default_factory=list, metadata={"help": "LANG=N entries: keep exactly N training sentences (frl/rul)"}
+    )
+    temperature: float = field(default=1 / 0.7, metadata={"help": "language sampling p_i ∝ (L_i/ΣL)^(1/T)"})
+    block_size: int = field(default=256, metadata={"help": "tokens per training stream block (XLM: 256)"})
+    mlm_probability: float = field(default=0.15)
+    data_seed_offset: int = field(default=0, metadata={"help": "added to seed for splits/subsampling"})
+    data_cache_dir: str | None = field(default=None, metadata={"help": "datasets Arrow cache (default HF cache)"})
+    preprocessing_num_workers: int | None = field(default=None)
+
+
+@dataclass
+class TokenizerArguments:
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "load instead of training one"})
+    vocab_size: int = field(default=32000, metadata={"help": "shared BPE vocabulary (paper: 32k)"})
+    tokenizer_training_sentences: int = field(default=1_000_000)
+    tokenizer_temperature: float = field(default=1 / 0.7)
+
+
+@dataclass
+class ModelArguments:
+    hidden_size: int = 512
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    language_modules: str = field(default="none", metadata={"help": "none | ffn | attention | adapters"})
+    shared_adapters: bool = False
+    adapter_reduction_factor: int = 4
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 514
+
+
+ARGUMENT_CLASSES = (DataArguments, TokenizerArguments, ModelArguments, MetaXLMTrainingArguments)
+
+
+def parse_arguments(argv: list[str]):
+    """YAML (--config) values become parser defaults; the remaining command-line flags override them."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    config_parser = HfArgumentParser(())
+    config_parser.add_argument("--config", default=None)
+    config_parser.add_argument("--print_config", action="store_true", help="print the resolved arguments and exit")
+    known, rest = config_parser.parse_known_args(argv)
+    if known.config is not None:
+        with open(known.config, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        known_fields = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known_fields)
+        if unknown:
+            raise SystemExit(f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`")
+        parser.set_defaults(**values)
+    arguments = parser.parse_args_into_dataclasses(args=rest)
+    if known.print_config:
+        resolved = {name: value for args in arguments for name, value in args_to_dict(args).items()}
+        print(yaml.safe_dump(resolved, sort_keys=False))
+        raise SystemExit(0)
+    return arguments
+
+
+def args_to_dict(arguments) -> dict:
+    return arguments.to_dict() if isinstance(arguments, TrainingArguments) else asdict(arguments)
+
+
+def key_value_pairs(entries: list[str], name: str) -> dict[str, list[str]]:
+    pairs: dict[str, list[str]] = {}
+    for entry in entries:
+        key, separator, value = entry.partition("=")
+        if not separator or not key or not value:
+            raise SystemExit(f"error: {name} entry {entry!r} is not LANG=VALUE")
+        pairs.setdefault(key, []).append(value)
+    return pairs
+
+
+def resolve_resume(training_args) -> str | None:
+    if training_args.resume_from_checkpoint != "latest":
+        return training_args.resume_from_checkpoint
+    checkpoint = latest_complete_checkpoint(training_args.output_dir)
+    logger.info("resume_from_checkpoint=latest -> %s", checkpoint)
+    return str(checkpoint) if checkpoint is not None else None
+
+
+def build_tokenizer(tokenizer_args, train_sentences, training_args, resuming: bool):
+    saved = Path(training_args.output_dir) / "tokenizer"
+    if tokenizer_args.tokenizer_name_or_path is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_args.tokenizer_name_or_path)
+    elif resuming or not training_args.should_save:
+        tokenizer = AutoTokenizer.from_pretrained(saved)  # the main process trained it first
+    else:
+        tokenizer = train_shared_tokenizer(
+            train_sentences,
+            vocab_size=tokenizer_args.vocab_size,
+            temperature=tokenizer_args.tokenizer_temperature,
+            num_sentences=tokenizer_args.tokenizer_training_sentences,
+            seed=training_args.seed,
+        )
+        tokenizer.save_pretrained(saved)
+    check_special_token_ids(tokenizer)
+    return tokenizer
+
+
+def write_model_card(output_dir: Path, data_args, model_args, data, final_perplexity: dict[str, float]) -> None:
+    rows = "\n".join(
+        f"| {lang} | {data.train_sentences[lang]} | {data.sampling_probabilities[lang]:.3f} | "
+        f"{final_perplexity.get(lang, float('nan')):.2f} |"
+        for lang in data_args.languages
+    )
+    card = f"""---
+language: {json.dumps(data_args.languages)}
+library_name: transformers
+tags: [meta-xlm, fill-mask, multilingual]
+---
+# MetaXLM masked LM ({'-'.join(data_args.languages)}, language_modules={model_args.language_modules})
+
+Pretrained with `recipes/pretrain.py` of meta-xlm (Wang, Lipton & Tsvetkov, EMNLP 2020, "On Negative
+Interference in Multilingual Models"). Load with `import meta_xlm` then
+`AutoModelForMaskedLM.from_pretrained(path)`; pass `lang_ids` (indices into `config.languages`).
+
+| language | training sentences | sampling p_i | validation perplexity |
+|---|---|---|---|
+{rows}
+
+Full run configuration: `pretrain_config.yaml`.
+"""
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    data_args, tokenizer_args, model_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    resume = resolve_resume(training_args)
+    seed = training_args.seed + data_args.data_seed_offset
+
+    with training_args.main_process_first(desc="corpora, tokenizer, blocks"):
+        corpora = load_corpora(
+            data_args.languages,
+            corpus_paths=key_value_pairs(data_args.corpus_files, "corpus_files"),
+            text_dir=data_args.text_dir,
+            hub_dataset=data_args.hub_dataset,
+            hub_config_template=data_args.hub_config_template,
+            cache_dir=data_args.data_cache_dir,
+        )
+        subsample = {lang: int(n[-1]) for lang, n in key_value_pairs(data_args.subsample, "subsample").items()}
+        train_sentences, validation_sentences = split_corpora(corpora, data_args.validation_sentences, subsample, seed)
+        tokenizer = build_tokenizer(tokenizer_args, train_sentences, training_args, resuming=resume is not None)
+        data = build_blocks(
+            train_sentences,
+            validation_sentences,
+            tokenizer,
+            data_args.languages,
+            data_args.block_size,
+            data_args.temperature,
+            num_proc=data_args.preprocessing_num_workers,
+        )
+    logger.info("language sampling probabilities: %s", data.sampling_probabilities)
+
+    config = MetaXLMConfig(
+        vocab_size=len(tokenizer),
+        languages=data_args.languages,
+        default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
+        **asdict(model_args),
+    )
+    set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation here
+    model = MetaXLMForMaskedLM(config)
+    trainer = MetaXLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
+        data_collator=MLMCollator(tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed),
+        processing_class=tokenizer,
+        language_sampling_probs=data.sampling_probabilities,
+        meta_validation_datasets=data.validation,
+        callbacks=[CheckpointCompletionCallback()],
+    )
+    add_callback_before_reporters(trainer, LanguagePerplexityCallback(data_args.languages))
+    trainer.train(resume_from_checkpoint=resume)
+
+    metrics = trainer.evaluate()
+    final_perplexity = {lang: perplexity(metrics[f"eval_{lang}_loss"]) for lang in data_args.languages}
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        tokenizer.save_pretrained(output_dir)
+        resolved = {name: value for args in (data_args, tokenizer_args, model_args, training_args)
+                    for name, value in args_to_dict(args).items()}
+        (output_dir / "pretrain_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
+        write_model_card(output_dir, data_args, model_args, data, final_perplexity)
+        logger.info("validation perplexity: %s", final_perplexity)
+        logger.info("saved model, tokenizer, pretrain_config.yaml and README.md to %s", output_dir)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,205 @@
+"""Interference report (paper Section 3.3): Mono vs multilingual within-language scores, validation perplexity
+over pretraining (Fig. 2) and early training loss of JointPair / +adpt / +meta adpt (Fig. 4c).
+
+Inputs
+- Fine-tuning metrics records, as recipes/finetune.py writes them (one JSON object per file):
+      {"task": "ner", "setting": "within" | "zero_shot", "model": "JointPair", "main_metric": "f1",
+       "scores": {"sw": {"f1": 84.1, ...}, ...}, ...}
+- Pretraining runs: an output_dir of recipes/pretrain.py. Its Trainer `log_history` is read from
+  <run>/trainer_state.json, else from the newest checkpoint-N/trainer_state.json: entries with "loss" (training)
+  and "eval_<lang>_loss" / "eval_<lang>_perplexity" (validation, per language).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from meta_xlm.analysis.plots import plot_curves
+
+RECORD_KEYS = ("task", "setting", "model", "main_metric", "scores")
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+def load_finetune_records(paths: Sequence[str | Path]) -> list[dict]:
+    records = []
+    for path in paths:
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read fine-tuning metrics {path}: {error}") from error
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"{path}: fine-tuning metrics record lacks {missing} (expected keys {list(RECORD_KEYS)})")
+        for language, scores in record["scores"].items():
+            if record["main_metric"] not in scores:
+                raise ValueError(
+                    f"{path}: scores[{language!r}] has no main_metric {record['main_metric']!r} (has {sorted(scores)})"
+                )
+        records.append({**record, "file": str(path)})
+    return records
+
+
+def within_language_scores(records: Sequence[Mapping]) -> dict[tuple[str, str, str], tuple[float, str]]:
+    """(model, task, language) -> (main-metric score, file) of the within-language records."""
+    scores: dict[tuple[str, str, str], tuple[float, str]] = {}
+    for record in records:
+        if record["setting"] != "within":
+            continue
+        for language, values in record["scores"].items():
+            key = (record["model"], record["task"], language)
+            if key in scores:
+                raise ValueError(f"{key} is scored twice: in {scores[key][1]} and {record['file']}")
+            scores[key] = (float(values[record["main_metric"]]), record["file"])
+    return scores
+
+
+def interference_table(records: Sequence[Mapping], mono_model: str = "Mono") -> list[dict]:
+    """One row per (task, language, multilingual model) that has a Mono score for the same task and language:
+    difference = model − Mono; negative interference where Mono wins (difference < 0)."""
+    scores = within_language_scores(records)
+    mono = {(task, language): value for (model, task, language), (value, _) in scores.items() if model == mono_model}
+    if not mono:
+        models = sorted({model for model, _, _ in scores})
+        raise ValueError(f"no within-language record of mono_model={mono_model!r}; models found: {models}")
+    rows = []
+    for (model, task, language), (value, _) in sorted(scores.items()):
+        if model == mono_model or (task, language) not in mono:
+            continue
+        difference = value - mono[(task, language)]
+        rows.append(
+            {
+                "task": task,
+                "language": language,
+                "model": model,
+                "mono": mono[(task, language)],
+                "score": value,
+                "difference": round(difference, 4),
+                "negative_interference": difference < 0,
+            }
+        )
+    if not rows:
+        raise ValueError(f"no multilingual within-language score shares a (task, language) with {mono_model!r}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+def read_log_history(run_dir: str | Path) -> list[dict]:
+    run_dir = Path(run_dir)
+    state = run_dir / "trainer_state.json"
+    if not state.is_file():
+        checkpoints = sorted(
+            (int(match.group(1)), child / "trainer_state.json")
+            for child in (run_dir.iterdir() if run_dir.is_dir() else [])
+            if (match := CHECKPOINT_PATTERN.fullmatch(child.name)) and (child / "trainer_state.json").is_file()
+        )
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"{run_dir}: no trainer_state.json in the folder or in any checkpoint-N/ (is it a pretraining output_dir?)"
+            )
+        state = checkpoints[-1][1]
+    return json.loads(state.read_text(encoding="utf-8"))["log_history"]
+
+
+def perplexity_curve(history: Sequence[Mapping], language: str) -> list[tuple[int, float]]:
+    """(step, validation perplexity of `language`); exp(eval_<lang>_loss) when the perplexity was not logged."""
+    points = []
+    for entry in history:
+        if f"eval_{language}_perplexity" in entry:
+            points.append((entry["step"], float(entry[f"eval_{language}_perplexity"])))
+        elif f"eval_{language}_loss" in entry:
+            points.append((entry["step"], math.exp(entry[f"eval_{language}_loss"])))
+    return points
+
+
+def loss_curve(history: Sequence[Mapping], max_step: int | None = None) -> list[tuple[int, float]]:
+    """(step, training loss) up to `max_step`."""
+    return [
+        (entry["step"], float(entry["loss"]))
+        for entry in history
+        if "loss" in entry and (max_step is None or entry["step"] <= max_step)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- output
+def write_rows(path: Path, rows: Sequence[Mapping]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows: Sequence[Mapping]) -> str:
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def curve_rows(curves: Mapping[str, Sequence[tuple[int, float]]], value_name: str) -> list[dict]:
+    return [{"run": name, "step": step, value_name: value} for name, points in curves.items() for step, value in points]
+
+
+def build_report(
+    output_dir: str | Path,
+    finetune_records: Sequence[Mapping] = (),
+    pretraining_runs: Mapping[str, str | Path] | None = None,
+    perplexity_languages: Sequence[str] = (),
+    loss_runs: Sequence[str] = (),
+    loss_max_step: int | None = None,
+    mono_model: str = "Mono",
+) -> Path:
+    """Writes interference.{csv,md}, perplexity_<lang>.{csv,png} (every run that logged that language's
+    validation loss), training_loss.{csv,png} (the `loss_runs`) and report.md linking them. Returns report.md."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    histories = {name: read_log_history(path) for name, path in (pretraining_runs or {}).items()}
+    sections = ["# Interference report"]
+    if finetune_records:
+        rows = interference_table(finetune_records, mono_model)
+        write_rows(output_dir / "interference.csv", rows)
+        table = markdown_table(rows)
+        (output_dir / "interference.md").write_text(table + "\n", encoding="utf-8")
+        count = sum(row["negative_interference"] for row in rows)
+        sections.append(
+            f"## Within-language: multilingual − {mono_model}\n\nNegative interference (Mono wins) in {count} of "
+            f"{len(rows)} comparisons.\n\n{table}"
+        )
+    for language in perplexity_languages:
+        curves = {name: perplexity_curve(history, language) for name, history in histories.items()}
+        curves = {name: points for name, points in curves.items() if points}
+        if not curves:
+            raise ValueError(f"no pretraining run logged eval_{language}_loss; runs: {sorted(histories)}")
+        write_rows(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
+        plot_curves(curves, output_dir / f"perplexity_{language}.png", f"Validation perplexity ({language})", "perplexity", log_y=True)
+        sections.append(f"## Validation perplexity, {language} (Fig. 2)\n\n![](perplexity_{language}.png)")
+    if loss_runs:
+        unknown = [name for name in loss_runs if name not in histories]
+        if unknown:
+            raise ValueError(f"loss_runs {unknown} are not among pretraining_runs {sorted(histories)}")
+        curves = {name: loss_curve(histories[name], loss_max_step) for name in loss_runs}
+        empty = [name for name, points in curves.items() if not points]
+        if empty:
+            raise ValueError(f"runs {empty} logged no training loss up to step {loss_max_step}")
+        write_rows(output_dir / "training_loss.csv", curve_rows(curves, "loss"))
+        plot_curves(curves, output_dir / "training_loss.png", "MLM training loss", "loss")
+        sections.append("## Early training loss (Fig. 4c)\n\n![](training_loss.png)")
+    report = output_dir / "report.md"
+    report.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
+    return report
+
+
+__all__ = [
+    "build_report",
+    "interference_table",
+    "load_finetune_records",
+    "loss_curve",
+    "perplexity_curve",
+    "read_log_history",
+]

@@ -1,0 +1,202 @@
+"""End-to-end analyses over checkpoints: what recipes/analyze_gradients.py and recipes/analyze_masks.py call.
+
+Both read one language's sentences as a "text" Dataset (meta_xlm.data.load_corpora) and batch them with the
+checkpoint's own tokenizer, as pretraining did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from meta_xlm.analysis.batches import check_languages, language_dataloader
+from meta_xlm.analysis.gradient_conflict import (
+    GradientConflictLog,
+    conflict_rows,
+    endless,
+    measure_gradient_conflict,
+)
+from meta_xlm.analysis.hard_concrete import deterministic_gates
+from meta_xlm.analysis.masks import (
+    MaskGroupSpec,
+    extreme_groups,
+    learn_language_mask,
+    pi_similarity,
+    resolve_mask_layout,
+    save_pi,
+    write_csv,
+)
+from meta_xlm.analysis.plots import plot_extreme_groups, plot_gradient_conflict, plot_mask_similarity
+from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+
+
+def load_checkpoint(path: str | Path, languages: Sequence[str]):
+    """(model, tokenizer) of a MetaXLM masked-LM checkpoint folder, checking it knows every language."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model checkpoint: it has no config.json")
+    model = MetaXLMForMaskedLM.from_pretrained(path)
+    check_languages(model.config, languages, str(path))
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def training_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of a pretraining run's checkpoint-N folders, by step; the run folder itself (a saved final
+    model) when it has none."""
+    run_dir = Path(run_dir)
+    found = sorted(
+        (int(match.group(1)), child)
+        for child in run_dir.iterdir()
+        if child.is_dir() and (match := CHECKPOINT_PATTERN.fullmatch(child.name))
+    )
+    if found:
+        return found
+    if (run_dir / "config.json").is_file():
+        return [(0, run_dir)]
+    raise FileNotFoundError(f"{run_dir} has neither checkpoint-N folders nor a saved model (config.json)")
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+@dataclass
+class GradientSettings:
+    target_sentences: int = 4096
+    batch_size: int = 32
+    block_size: int = 256
+    reference_language: str | None = None
+    seed: int = 0
+
+
+def gradient_conflict_over_checkpoints(
+    checkpoints: Sequence[tuple[int, Path]],
+    corpora: Mapping[str, Dataset],
+    settings: GradientSettings,
+    output_dir: str | Path,
+) -> list[dict]:
+    """Fig. 3 from saved checkpoints: gradient conflict of every checkpoint on the same seeded batches.
+    Writes gradient_conflict.{csv,jsonl}, TensorBoard scalars and gradient_conflict.png to `output_dir`."""
+    languages = list(corpora)
+    log = GradientConflictLog(output_dir)
+    rows: list[dict] = []
+    for step, folder in checkpoints:
+        model, tokenizer = load_checkpoint(folder, languages)
+        batches = {
+            language: endless(
+                language_dataloader(
+                    corpora[language], tokenizer, model.language_id(language), settings.block_size,
+                    settings.batch_size, settings.seed,
+                )
+            )
+            for language in languages
+        }
+        results = measure_gradient_conflict(
+            model, batches, settings.target_sentences, settings.reference_language, settings.seed
+        )
+        logger.info("step %d: %s", step, {pair: round(values["all"], 4) for pair, values in results.items()})
+        log.write(step, results)
+        rows.extend(conflict_rows(step, results))
+    log.close()
+    plot_gradient_conflict(rows, Path(output_dir) / "gradient_conflict.png")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- masks
+@dataclass
+class MaskSettings:
+    steps: int = 500
+    l0_lambda: float = 0.5
+    learning_rate: float = 0.1
+    batch_size: int = 16
+    block_size: int = 256
+    extreme_count: int = 10
+    seed: int = 0
+
+
+def replicate_name(language: str) -> str:
+    return f"{language}#2"
+
+
+def mask_analysis(
+    model: MetaXLMForMaskedLM,
+    tokenizer,
+    corpora: Mapping[str, Dataset],
+    reference_language: str,
+    settings: MaskSettings,
+    output_dir: str | Path,
+    groups: Sequence[MaskGroupSpec],
+    source: str,
+) -> dict:
+    """Learn π per language on the frozen model, plus a second run of the reference language on a disjoint half
+    of its sentences with another seed (the En-En check). Writes pi_<run>.safetensors, mask_similarity.{csv,png}
+    (Fig. 4a), mask_extremes_<lang>.{csv,png} (Fig. 4b) and mask_summary.json; returns the summary."""
+    languages = list(corpora)
+    check_languages(model.config, languages, source)
+    if reference_language not in corpora:
+        raise ValueError(f"reference_language={reference_language!r} is not among the analysed languages {languages}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    layout = resolve_mask_layout(model, groups)
+    reference_halves = [corpora[reference_language].shard(2, index, contiguous=True) for index in (0, 1)]
+    runs = {language: corpora[language] for language in languages}
+    runs[reference_language] = reference_halves[0]
+    runs[replicate_name(reference_language)] = reference_halves[1]
+    logger.info("%d gates (%s) over %d weights", layout.num_gates, ", ".join(layout.sublayers()), len(layout.weights))
+
+    pis = {}
+    for index, (run, sentences) in enumerate(runs.items()):
+        language = run.split("#")[0]
+        seed = settings.seed + index
+        loader = language_dataloader(
+            sentences, tokenizer, model.language_id(language), settings.block_size, settings.batch_size, seed
+        )
+        pis[run] = learn_language_mask(
+            model, layout, endless(loader), settings.steps, settings.l0_lambda, settings.learning_rate, seed,
+            progress=f"π {run}",
+        )
+        save_pi(output_dir / f"pi_{run.replace('#', '_')}.safetensors", pis[run], layout,
+                {"language": language, "run": run, "source": source, "seed": seed})
+
+    pairs = [(reference_language, replicate_name(reference_language))]
+    pairs += [(reference_language, language) for language in languages if language != reference_language]
+    similarity = pi_similarity(pis, layout, pairs)
+    write_csv(output_dir / "mask_similarity.csv", similarity)
+    plot_mask_similarity(similarity, output_dir / "mask_similarity.png")
+    for language in languages:
+        if language == reference_language:
+            continue
+        extremes = extreme_groups(pis[language], pis[reference_language], layout, settings.extreme_count)
+        write_csv(output_dir / f"mask_extremes_{language}.csv", extremes)
+        plot_extreme_groups(extremes, language, reference_language, output_dir / f"mask_extremes_{language}.png")
+
+    summary = {
+        "source": source,
+        "num_gates": layout.num_gates,
+        "similarity_all_layers": {
+            f"{row['pair']} {row['sublayer']}": row["cosine"] for row in similarity if row["layer"] == "all"
+        },
+        "pi_mean": {run: float(pi.mean()) for run, pi in pis.items()},
+        "fraction_open": {run: float((deterministic_gates(pi) > 0).double().mean()) for run, pi in pis.items()},
+    }
+    (output_dir / "mask_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+__all__ = [
+    "GradientSettings",
+    "MaskSettings",
+    "gradient_conflict_over_checkpoints",
+    "load_checkpoint",
+    "mask_analysis",
+    "replicate_name",
+    "training_checkpoints",
+]

@@ -1,0 +1,186 @@
+"""Publishing MetaXLM output folders to the Hugging Face Hub, and loading checkpoints without unpickling.
+
+Publish (`push_to_hub`): one commit holding exactly the files of `publishable_files(output_dir)`:
+    config.json (with the complete `auto_map`), model.safetensors (or its shards + index), the remote code
+    (configuration_meta_xlm.py, modeling_meta_xlm.py: `trust_remote_code=True` works without meta-xlm installed),
+    the tokenizer files, README.md (the model card, see `meta_xlm.model_card`), and the run's configuration and
+    results (top-level *.yaml / *.json, e.g. pretrain_config.yaml, perplexity.json, metrics files).
+Pickle files (*.bin, *.pt, *.pth, *.pkl: Trainer's training_args.bin, optimizer states) are never published, and
+sub-folders (checkpoint-*, runs/) are not either.
+
+Load (`load_pretrained`): safetensors weights only, unless the caller opts in with `allow_pickle=True`; a
+pickle file can run arbitrary code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+from transformers.utils.hub import cached_file
+
+from meta_xlm.modeling_meta_xlm import AUTO_MAP
+
+logger = logging.getLogger(__name__)
+
+REMOTE_CODE_FILES = ("configuration_meta_xlm.py", "modeling_meta_xlm.py")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+PUBLISHED_SUFFIXES = (".json", ".safetensors", ".py", ".yaml", ".yml", ".md", ".txt", ".model")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class UnsafeCheckpointError(OSError):
+    """A checkpoint whose weights exist only as pickle files, loaded without `allow_pickle=True`."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Publishing
+# ----------------------------------------------------------------------------------------------------------------
+def publishable_files(output_dir: str | os.PathLike) -> list[str]:
+    """The file names (relative to `output_dir`) a push uploads, after checking the folder is complete.
+
+    Raises ValueError naming the first missing piece: config.json of a meta_xlm model with the complete auto_map,
+    safetensors weights, the remote code files, tokenizer files, README.md.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder (expected a model output folder written by save_pretrained)")
+    check_config_for_remote_code(root / "config.json")
+    names = sorted(p.name for p in root.iterdir() if p.is_file())
+    required = [
+        (SAFETENSORS_WEIGHTS, "safetensors weights (save_pretrained writes model.safetensors)"),
+        *[((name,), "remote code written by save_pretrained") for name in REMOTE_CODE_FILES],
+        *[((name,), "a tokenizer file (tokenizer.save_pretrained(output_dir))") for name in TOKENIZER_FILES],
+        (("README.md",), "the model card (meta_xlm.model_card.write_model_card)"),
+    ]
+    for alternatives, what in required:
+        if not any(name in names for name in alternatives):
+            raise ValueError(f"{root} has no {' or '.join(alternatives)}: publishing needs {what}")
+    skipped = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
+    if skipped:
+        logger.info("not publishing pickle files %s (only safetensors weights are published)", skipped)
+    return [name for name in names if name.endswith(PUBLISHED_SUFFIXES)]
+
+
+def check_config_for_remote_code(config_path: Path) -> dict:
+    """config.json must describe a meta_xlm model whose auto_map lists every Auto class of the package."""
+    if not config_path.is_file():
+        raise ValueError(f"{config_path} is missing: not a model output folder")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("model_type") != "meta_xlm":
+        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'meta_xlm'")
+    auto_map = config.get("auto_map") or {}
+    missing = sorted(set(AUTO_MAP) - set(auto_map))
+    if missing:
+        raise ValueError(
+            f"{config_path}: auto_map lacks {missing}; save the model with MetaXLMPreTrainedModel.save_pretrained, "
+            "which writes the complete map"
+        )
+    return config
+
+
+def push_to_hub(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """Upload a model output folder (model, tokenizer, card, run config and results) to `repo_id` in one commit.
+
+    `revision` names a branch (created from main when it does not exist); `private` is used when the repository
+    is created. Returns the commit (its `oid` is the revision `from_pretrained(..., revision=...)` can pin).
+    """
+    root = Path(output_dir)
+    files = publishable_files(root)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(root / name)) for name in files]
+    logger.info("pushing %d files of %s to %s (revision %s)", len(files), root, repo_id, revision or "main")
+    return api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message or f"Upload MetaXLM model from {root.name}",
+        revision=revision,
+        create_pr=create_pr,
+        repo_type="model",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading without unpickling
+# ----------------------------------------------------------------------------------------------------------------
+def has_file(name_or_path: str | os.PathLike, filename: str, revision: str | None = None, **hub_kwargs) -> bool:
+    """Whether a local folder or a Hub repository (its cache, offline) holds `filename`."""
+    if Path(name_or_path).is_dir():
+        return (Path(name_or_path) / filename).is_file()
+    resolved = cached_file(
+        str(name_or_path),
+        filename,
+        revision=revision,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **hub_kwargs,
+    )
+    return resolved is not None
+
+
+def check_safe_weights(
+    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, revision: str | None = None, **hub_kwargs
+) -> str:
+    """'safetensors' or 'pickle': the weight format `from_pretrained` will read; refuses pickle without opt-in."""
+    if any(has_file(name_or_path, name, revision, **hub_kwargs) for name in SAFETENSORS_WEIGHTS):
+        return "safetensors"
+    pickled = [name for name in PICKLE_WEIGHTS if has_file(name_or_path, name, revision, **hub_kwargs)]
+    if not pickled:
+        raise OSError(
+            f"{name_or_path} has no model weights: expected {' or '.join(SAFETENSORS_WEIGHTS)}"
+            + (f" at revision {revision!r}" if revision else "")
+        )
+    if not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{name_or_path} has weights only as pickle ({', '.join(pickled)}): unpickling can run arbitrary code, "
+            "so it is refused. Convert the checkpoint to safetensors (model.save_pretrained writes "
+            "model.safetensors), or pass allow_pickle=True (CLI: --allow_pickle) if you trust its author."
+        )
+    logger.warning("loading pickle weights %s of %s (allow_pickle=True)", pickled, name_or_path)
+    return "pickle"
+
+
+def load_pretrained(
+    model_class,
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    **kwargs,
+):
+    """`model_class.from_pretrained(name_or_path, revision=...)` that reads safetensors weights only.
+
+    `model_class` is any class with `from_pretrained` (MetaXLMForMaskedLM, AutoModelForMaskedLM, ...); `kwargs` go
+    to it (trust_remote_code, torch_dtype, output_loading_info, ...). Pickle weights load only with
+    `allow_pickle=True`.
+    """
+    weights = check_safe_weights(name_or_path, allow_pickle=allow_pickle, revision=revision)
+    return model_class.from_pretrained(
+        name_or_path, revision=revision, use_safetensors=weights == "safetensors", **kwargs
+    )
+
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "check_safe_weights",
+    "load_pretrained",
+    "publishable_files",
+    "push_to_hub",
+]

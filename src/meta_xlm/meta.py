@@ -1,0 +1,288 @@
+"""The bilevel meta-adapter step of Wang, Lipton & Tsvetkov (EMNLP 2020), Section 4.1 / Algorithm 1.
+
+Shared parameters θ, language-specific parameters φ = {φ_1..φ_L} (`parameter_groups`). With language i sampled:
+
+    Eq. 3   θ' = θ − β ∇_θ L_train^i(θ, φ_i)                         (`lookahead`)
+            M  = (1/L) Σ_j L_val^j(θ', φ_j)                          (`meta_objective_gradients`)
+    Eq. 4   ∇_{φ_i} M = ∂M/∂φ_i − β [∇²_{φ_i,θ} L_train^i(θ, φ_i)] g,   g = ∇_{θ'} M
+    Eq. 8   [∇²_{φ_i,θ} L_train^i] g ≈ (∇_{φ_i} L_train^i(θ + εg) − ∇_{φ_i} L_train^i(θ − εg)) / (2ε),
+            ε = fd_epsilon / ‖g‖                                     (`mixed_hessian_vector_product`)
+
+`method` picks the higher-order term: "finite_difference" (Eq. 8, the paper's choice), "exact" (gradient of a
+gradient; reference for small models, needs SDPA's math kernel on CPU) or "first_order" (dropped).
+
+Every function here is pure: parameters are never modified in place (the θ ± εg probes and θ' go through
+`torch.func.functional_call`), gradients are taken with `torch.autograd.grad` (`.grad` is never touched), and the
+only side channel is `all_reduce_sum`, a callable the caller gives to sum tensors across processes.
+
+Losses: each training micro-batch contributes sum(CE) / `train_num_items` (the label count of the whole
+optimizer step, all micro-batches and processes), so micro-batches and processes add up to the mean over one
+large batch; each language's validation loss is likewise normalised by its own global label count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .modeling_meta_xlm import parameter_groups
+
+HYPERGRADIENT_METHODS = ("finite_difference", "exact", "first_order")
+
+Batch = Mapping[str, torch.Tensor]
+TensorDict = dict[str, torch.Tensor]
+AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_method(method: str) -> None:
+    if method not in HYPERGRADIENT_METHODS:
+        raise ValueError(f"hypergradient method {method!r} is not one of {HYPERGRADIENT_METHODS}")
+
+
+def count_labels(batches: Sequence[Batch]) -> torch.Tensor:
+    """Number of predicted positions (labels != -100) over micro-batches: the loss normaliser."""
+    return sum(batch["labels"].ne(-100).sum() for batch in batches)
+
+
+def model_loss(
+    model: nn.Module, batch: Batch, num_items: torch.Tensor | int, overrides: Mapping[str, torch.Tensor] | None
+) -> torch.Tensor:
+    """sum(CE over the batch) / num_items, with the parameters named in `overrides` replaced (tied weights
+    follow: `functional_call` ties them) and every other parameter the module's own."""
+    inputs = {**batch, "num_items_in_batch": num_items}
+    if overrides is None:
+        return model(**inputs).loss
+    return functional_call(model, dict(overrides), args=(), kwargs=inputs, strict=False).loss
+
+
+@contextlib.contextmanager
+def dropout_seed(seed: int, device: torch.device) -> Iterator[None]:
+    """Replay one dropout realisation: passes over the same micro-batch at θ, θ+εg and θ−εg must see the same
+    masks, or Eq. 8's difference measures dropout noise. The caller's random stream is left untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+def _grad(loss: torch.Tensor, params: Mapping[str, torch.Tensor], **kwargs) -> TensorDict:
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True, **kwargs)
+    return dict(zip(params, grads))
+
+
+def _add_(total: TensorDict | None, grads: TensorDict) -> TensorDict:
+    if total is None:
+        return grads
+    for name, grad in grads.items():
+        total[name] += grad
+    return total
+
+
+def _all_reduce(grads: TensorDict, all_reduce_sum: AllReduceSum | None) -> TensorDict:
+    """Sum a dict of tensors across processes with one collective (flatten, reduce, split)."""
+    if all_reduce_sum is None or not grads:
+        return grads
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads.values()]))
+    sizes = [g.numel() for g in grads.values()]
+    return {name: part.view_as(grads[name]) for name, part in zip(grads, flat.split(sizes))}
+
+
+def _norm(grads: TensorDict) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()]))
+
+
+def lookahead(shared: Mapping[str, torch.Tensor], train_gradient: Mapping[str, torch.Tensor], lookahead_lr: float) -> TensorDict:
+    """Eq. 3: θ' = θ − β ∇_θ L_train^i(θ, φ_i), a plain gradient step on detached copies (θ is not modified)."""
+    return {name: param.detach() - lookahead_lr * train_gradient[name] for name, param in shared.items()}
+
+
+def train_gradient(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    shared: Mapping[str, torch.Tensor],
+    train_num_items: torch.Tensor | int,
+    seeds: Sequence[int],
+    all_reduce_sum: AllReduceSum | None = None,
+) -> tuple[TensorDict, torch.Tensor]:
+    """∇_θ L_train^i(θ, φ_i) summed over micro-batches (and processes); returns (gradient, loss)."""
+    total, loss_sum = None, 0.0
+    for batch, seed in zip(train_batches, seeds):
+        with dropout_seed(seed, batch["input_ids"].device):
+            loss = model_loss(model, batch, train_num_items, overrides=None)
+        total = _add_(total, _grad(loss, shared))
+        loss_sum = loss_sum + loss.detach()
+    return _all_reduce(total, all_reduce_sum), loss_sum
+
+
+def meta_objective_gradients(
+    model: nn.Module,
+    val_batches: Mapping[str, Batch],
+    shared_lookahead: Mapping[str, torch.Tensor],
+    language: str,
+    language_params: Mapping[str, torch.Tensor],
+    val_num_items: Mapping[str, torch.Tensor | int],
+    all_reduce_sum: AllReduceSum | None = None,
+) -> tuple[TensorDict, TensorDict, torch.Tensor]:
+    """M = (1/L) Σ_j L_val^j(θ', φ_j) over the validation batches of ALL languages.
+
+    Returns (g = ∇_{θ'} M, ∂M/∂φ_i at θ' fixed (only L_val^i contains φ_i), M). One language at a time, so the
+    peak memory is that of one forward/backward.
+    """
+    theta = {name: t.requires_grad_(True) for name, t in shared_lookahead.items()}
+    num_languages = len(val_batches)
+    outer, direct, meta_loss = None, None, 0.0
+    for code, batch in val_batches.items():
+        loss = model_loss(model, batch, val_num_items[code], overrides=theta) / num_languages
+        owns_phi_i = code == language  # batches are single-language: only L_val^i routes through φ_i
+        wrt = {**theta, **(language_params if owns_phi_i else {})}
+        grads = _grad(loss, wrt)
+        outer = _add_(outer, {name: grads[name] for name in theta})
+        if owns_phi_i:
+            direct = _add_(direct, {name: grads[name] for name in language_params})
+        meta_loss = meta_loss + loss.detach()
+    if direct is None:
+        direct = {name: torch.zeros_like(p) for name, p in language_params.items()}
+    reduced = _all_reduce({**outer, **{f"direct::{n}": g for n, g in direct.items()}}, all_reduce_sum)
+    outer = {name: reduced[name] for name in theta}
+    direct = {name: reduced[f"direct::{name}"] for name in language_params}
+    for t in theta.values():
+        t.requires_grad_(False)
+    return outer, direct, meta_loss
+
+
+def mixed_hessian_vector_product(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    shared: Mapping[str, torch.Tensor],
+    language_params: Mapping[str, torch.Tensor],
+    vector: Mapping[str, torch.Tensor],
+    train_num_items: torch.Tensor | int,
+    seeds: Sequence[int],
+    method: str,
+    fd_epsilon: float = 0.01,
+    all_reduce_sum: AllReduceSum | None = None,
+) -> TensorDict:
+    """[∇²_{φ_i,θ} L_train^i(θ, φ_i)] · v (the second term of Eq. 4 without −β), summed over micro-batches.
+
+    "finite_difference" (Eq. 8): (∇_{φ_i} L(θ + εv) − ∇_{φ_i} L(θ − εv)) / (2ε), ε = fd_epsilon / ‖v‖. The probes
+    differentiate w.r.t. φ_i only: θ ± εv are constants, so no weight gradient of θ is computed.
+    "exact": ∇_{φ_i} ⟨∇_θ L(θ, φ_i), v⟩ by double backward (SDPA's math kernel: the CPU flash kernel has no
+    double backward). "first_order": zeros.
+    """
+    check_method(method)
+    if method == "first_order":
+        return {name: torch.zeros_like(p) for name, p in language_params.items()}
+    total = None
+    if method == "finite_difference":
+        vector_norm = _norm(vector)
+        if float(vector_norm) == 0.0:
+            return {name: torch.zeros_like(p) for name, p in language_params.items()}
+        epsilon = fd_epsilon / float(vector_norm)
+        # The probes run in float32 even under bf16 autocast: ε·v changes a weight by ~1e-6 relative, far below
+        # bf16's resolution (4e-3), so bf16 probes would see identical weights.
+        no_autocast = torch.autocast(device_type=next(iter(shared.values())).device.type, enabled=False)
+        for batch, seed in zip(train_batches, seeds):
+            probe_grads = []
+            for sign in (1.0, -1.0):
+                probe = {name: p.detach() + (sign * epsilon) * vector[name] for name, p in shared.items()}
+                with dropout_seed(seed, batch["input_ids"].device), no_autocast:
+                    loss = model_loss(model, batch, train_num_items, overrides=probe)
+                probe_grads.append(_grad(loss, language_params))
+            plus, minus = probe_grads
+            total = _add_(total, {name: (plus[name] - minus[name]) / (2 * epsilon) for name in language_params})
+    else:
+        for batch, seed in zip(train_batches, seeds):
+            with dropout_seed(seed, batch["input_ids"].device), sdpa_kernel(SDPBackend.MATH):
+                loss = model_loss(model, batch, train_num_items, overrides=None)
+                theta_grads = _grad(loss, shared, create_graph=True)
+                inner = sum((theta_grads[name] * vector[name]).sum() for name in shared)
+            total = _add_(total, _grad(inner, language_params))
+    return _all_reduce(total, all_reduce_sum)
+
+
+@dataclass
+class MetaStep:
+    """The pieces of one meta step: ∇_{φ_i} M = direct − β · higher_order (Eq. 4), and the losses seen."""
+
+    hypergradient: TensorDict
+    direct: TensorDict
+    higher_order: TensorDict
+    train_loss: torch.Tensor
+    meta_loss: torch.Tensor
+
+
+def meta_step_gradients(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    val_batches: Mapping[str, Batch],
+    language: str,
+    *,
+    lookahead_lr: float,
+    method: str,
+    fd_epsilon: float = 0.01,
+    train_num_items: torch.Tensor | int | None = None,
+    val_num_items: Mapping[str, torch.Tensor | int] | None = None,
+    seeds: Sequence[int] | None = None,
+    all_reduce_sum: AllReduceSum | None = None,
+) -> MetaStep:
+    """Algorithm 1 lines 3-5 for language i over the micro-batches of one optimizer step (Eqs. 3, 4, 8).
+
+    `train_num_items` / `val_num_items`: label counts over all micro-batches and processes (default: counted
+    here, which is right in one process). `seeds`: one dropout seed per micro-batch (default: drawn from torch's
+    generator). `all_reduce_sum`: sums a tensor across processes (None in one process).
+    """
+    check_method(method)
+    groups = parameter_groups(model)
+    if language not in groups.languages or not groups.languages[language]:
+        raise ValueError(
+            f"language {language!r} has no language-specific parameters in this model "
+            f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
+        )
+    missing = [code for code in groups.languages if code not in val_batches]
+    if missing:
+        raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
+    shared, language_params = groups.shared, groups.languages[language]
+    if train_num_items is None:
+        train_num_items = count_labels(train_batches)
+    if val_num_items is None:
+        val_num_items = {code: count_labels([batch]) for code, batch in val_batches.items()}
+    if seeds is None:
+        seeds = [int(torch.randint(2**62, ())) for _ in train_batches]
+
+    gradient, train_loss = train_gradient(model, train_batches, shared, train_num_items, seeds, all_reduce_sum)
+    shared_lookahead = lookahead(shared, gradient, lookahead_lr)  # Eq. 3
+    del gradient
+    outer, direct, meta_loss = meta_objective_gradients(
+        model, val_batches, shared_lookahead, language, language_params, val_num_items, all_reduce_sum
+    )
+    del shared_lookahead
+    higher_order = mixed_hessian_vector_product(
+        model, train_batches, shared, language_params, outer, train_num_items, seeds, method, fd_epsilon,
+        all_reduce_sum,
+    )
+    # Eq. 4: ∇_{φ_i} M = ∂M/∂φ_i − β [∇²_{φ_i,θ} L_train^i] g
+    hypergradient = {name: direct[name] - lookahead_lr * higher_order[name] for name in language_params}
+    return MetaStep(hypergradient, direct, higher_order, train_loss, meta_loss)
+
+
+def hypergradient(
+    model: nn.Module,
+    train_batch: Batch,
+    val_batches: Mapping[str, Batch],
+    language: str,
+    *,
+    lookahead_lr: float,
+    method: str,
+    fd_epsilon: float = 0.01,
+) -> TensorDict:
+    """∇_{φ_i} M for one training batch of `language` (Eq. 4), keyed by parameter name — compare the
+    "finite_difference", "exact" and "first_order" methods on any MetaXLM model. Parameters are not modified."""
+    return meta_step_gradients(
+        model, [train_batch], val_batches, language, lookahead_lr=lookahead_lr, method=method, fd_epsilon=fd_epsilon
+    ).hypergradient

@@ -1,0 +1,143 @@
+"""recipes/pretrain.py run as a subprocess (accelerate launch), on the tiny config and real ../shared/data text."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+RECIPE = REPO_ROOT / "recipes" / "pretrain.py"
+TINY_CONFIG = REPO_ROOT / "recipes" / "configs" / "tiny_joint_pair.yaml"
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
+TWO_CPU_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no"]
+ONE_PROCESS = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+# Resumed losses must equal the uninterrupted run's: same CPU kernels, same data order and RNG state.
+RESUME_TOLERANCE = 1e-6
+
+
+def recipe_args(shared_data, tmp_path, *extra):
+    return [str(RECIPE), "--config", str(TINY_CONFIG), "--text_dir", str(shared_data("text")),
+            "--data_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true", *extra]
+
+
+def run(command, timeout=600):
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    state = json.loads(max(output_dir.glob("checkpoint-*/trainer_state.json"),
+                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+def assert_reloads_in_fresh_process(output_dir: Path):
+    check = (
+        "import sys, torch, meta_xlm\n"
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer\n"
+        "model = AutoModelForMaskedLM.from_pretrained(sys.argv[1]); tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "assert type(model).__name__ == 'MetaXLMForMaskedLM', type(model)\n"
+        "assert model.config.languages == ['en', 'sw'] == tok.init_kwargs['languages']\n"
+        "batch = tok(['Habari ya leo'], return_tensors='pt')\n"
+        "logits = model(**batch, lang_ids=torch.tensor([1])).logits\n"
+        "assert logits.shape == (1, batch['input_ids'].shape[1], len(tok)) and torch.isfinite(logits).all()\n"
+        "print('reloaded')\n"
+    )
+    result = run([sys.executable, "-c", check, str(output_dir)])
+    assert result.returncode == 0 and "reloaded" in result.stdout, result.stderr[-3000:]
+
+
+def assert_finite_falling_loss(output_dir: Path):
+    losses = list(logged_losses(output_dir).values())
+    assert len(losses) >= 4 and all(math.isfinite(loss) for loss in losses), losses
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.1, f"loss did not fall: {losses}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [ONE_PROCESS, TWO_CPU_PROCESSES], ids=["1proc", "2proc_cpu"])
+def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, processes):
+    output_dir = tmp_path / "out"
+    result = run([*LAUNCH, *processes, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir))])
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert_finite_falling_loss(output_dir)
+    perplexities = json.loads((output_dir / "perplexity.json").read_text())
+    assert set(perplexities) == {"en", "sw"} and all(math.isfinite(p) and p > 1 for p in perplexities.values())
+    assert "eval_sw_perplexity" in result.stdout + result.stderr
+    assert list((output_dir / "runs").rglob("events.out.tfevents*")), "no TensorBoard log"
+    for name in ("README.md", "pretrain_config.yaml", "config.json", "tokenizer.json"):
+        assert (output_dir / name).is_file(), name
+    assert_reloads_in_fresh_process(output_dir)
+
+
+@pytest.mark.slow
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_data, tmp_path):
+    steps = ["--max_steps", "300", "--save_steps", "10", "--logging_steps", "5", "--eval_strategy", "no"]
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, "--output_dir", str(reference_dir),
+                                                          *steps)])
+    assert reference.returncode == 0, reference.stderr[-5000:]
+
+    command = [*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, "--output_dir", str(killed_dir), *steps)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoint-10" / "checkpoint_complete").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "model.safetensors").exists(), "the run finished before it was killed"
+
+    resumed = run([*command, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    expected, found = logged_losses(reference_dir), logged_losses(killed_dir)
+    assert set(found) == set(expected)
+    for step, loss in expected.items():
+        assert found[step] == pytest.approx(loss, abs=RESUME_TOLERANCE), (step, found[step], loss)
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_with_clear_errors_before_training(shared_data, tmp_path):
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(b"not gzip at all")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    bad_yaml = write_yaml(tmp_path / "bad.yaml", TINY_CONFIG.read_text() + "hidden_sizee: 64\n")
+    cases = {
+        "missing file": (["--corpus_files", f"sw={tmp_path / 'nope.txt.gz'}"], "nope.txt.gz"),
+        "missing folder": (["--corpus_files", f"sw={tmp_path / 'nofolder'}"], "nofolder"),
+        "empty language": (["--corpus_files", f"sw={empty}"], "language 'sw' is empty"),
+        "no data": (["--languages", "en", "xx"], "language 'xx' has no data"),
+        "broken gzip": (["--corpus_files", f"sw={broken}"], "broken.txt.gz"),
+    }
+    for name, (extra, message) in cases.items():
+        output_dir = tmp_path / name.replace(" ", "_")
+        result = run([sys.executable, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir), *extra)])
+        assert result.returncode != 0, name
+        assert message in result.stderr, (name, result.stderr[-2000:])
+        assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "runs").exists(), name
+    result = run([sys.executable, str(RECIPE), "--config", str(bad_yaml)])
+    assert result.returncode != 0 and "hidden_sizee" in result.stderr and "bad.yaml" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_parses_and_names_its_launch_command(config):
+    text = config.read_text()
+    assert text.startswith("# ") and "accelerate launch" in text and f"recipes/configs/{config.name}" in text
+    result = run([sys.executable, str(RECIPE), "--config", str(config), "--print_config"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "languages:" in result.stdout and "output_dir:" in result.stdout
