@@ -46,31 +46,81 @@ def text_source(data_dir: Path) -> list[str]:
     if (data_dir / "text").is_dir():
         return ["--text_dir", str(data_dir / "text")]
     print(f"{data_dir / 'text'} not found: reading Wikipedia from the Hub instead", flush=True)
-    return ["--text_dir", str(data_dir / "text"), "--hub_dataset", "wikimedia/wikipedia",
-            "--hub_config_template", "20231101.{lang}"]
+    return [
+        "--text_dir",
+        str(data_dir / "text"),
+        "--hub_dataset",
+        "wikimedia/wikipedia",
+        "--hub_config_template",
+        "20231101.{lang}",
+    ]
 
 
 def pretrain(config: str, output_dir: Path, args: DemoArguments, *extra: str) -> None:
-    run_recipe("pretrain.py", "--config", str(RECIPES / "configs" / config), "--output_dir", str(output_dir),
-               "--max_steps", str(args.pretrain_steps), *text_source(Path(args.data_dir)), *extra)
+    run_recipe(
+        "pretrain.py",
+        "--config",
+        str(RECIPES / "configs" / config),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(args.pretrain_steps),
+        *text_source(Path(args.data_dir)),
+        *extra,
+    )
 
 
 def finetune(model_dir: Path, model_name: str, setting: str, output_dir: Path, args: DemoArguments) -> None:
     train_language = "sw" if setting == "within" else "en"
-    run_recipe("finetune.py", "--task", "ner", "--setting", setting, "--train_language", train_language,
-               "--eval_languages", "sw", "--model_name_or_path", str(model_dir), "--model_name", model_name,
-               "--data_dir", args.data_dir, "--output_dir", str(output_dir), "--epochs", "2",
-               "--batch_sizes", "16", "--learning_rates", "0.001", "--max_grid_points", "1",
-               "--max_train_examples", str(args.finetune_train_examples),
-               "--max_eval_examples", str(args.finetune_eval_examples), "--use_cpu", "true",
-               "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true")
+    run_recipe(
+        "finetune.py",
+        "--task",
+        "ner",
+        "--setting",
+        setting,
+        "--train_language",
+        train_language,
+        "--eval_languages",
+        "sw",
+        "--model_name_or_path",
+        str(model_dir),
+        "--model_name",
+        model_name,
+        "--data_dir",
+        args.data_dir,
+        "--output_dir",
+        str(output_dir),
+        "--epochs",
+        "2",
+        "--batch_sizes",
+        "16",
+        "--learning_rates",
+        "0.001",
+        "--max_grid_points",
+        "1",
+        "--max_train_examples",
+        str(args.finetune_train_examples),
+        "--max_eval_examples",
+        str(args.finetune_eval_examples),
+        "--use_cpu",
+        "true",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    )
 
 
 def perplexity_table(models: dict[str, Path]) -> str:
     scores = {name: json.loads((folder / "perplexity.json").read_text()) for name, folder in models.items()}
     languages = list(next(iter(scores.values())))
     lines = ["| model | " + " | ".join(languages) + " |", "|---" * (len(languages) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{row[lang]:.1f}" for lang in languages) + " |" for name, row in scores.items()]
+    lines += [
+        f"| {name} | " + " | ".join(f"{row[lang]:.1f}" for lang in languages) + " |"
+        for name, row in scores.items()
+    ]
     return "\n".join(lines)
 
 
@@ -80,8 +130,13 @@ def main(argv: list[str]) -> None:
     output_dir = Path(args.output_dir).resolve()
     models = {"JointPair": output_dir / "jointpair-en-sw", "+meta adpt": output_dir / "meta-adpt-en-sw"}
     pretrain("tiny_joint_pair.yaml", models["JointPair"], args)
-    pretrain("tiny_meta_adpt.yaml", models["+meta adpt"], args,
-             "--tokenizer_name_or_path", str(models["JointPair"] / "tokenizer"))
+    pretrain(
+        "tiny_meta_adpt.yaml",
+        models["+meta adpt"],
+        args,
+        "--tokenizer_name_or_path",
+        str(models["JointPair"] / "tokenizer"),
+    )
     table = perplexity_table(models)
     (output_dir / "perplexity.md").write_text(table + "\n", encoding="utf-8")
     print("\nValidation perplexity after pretraining (lower is better):\n" + table)
@@ -92,7 +147,9 @@ def main(argv: list[str]) -> None:
     run_recipe("results_table.py", str(output_dir / "finetune"), "--output_dir", str(output_dir / "tables"))
 
     print(f"\nDemo finished in {time.time() - started:.0f} s. Outputs in {output_dir}:")
-    print(f"  models (AutoModelForMaskedLM / AutoTokenizer .from_pretrained): {', '.join(map(str, models.values()))}")
+    print(
+        f"  models (AutoModelForMaskedLM / AutoTokenizer .from_pretrained): {', '.join(map(str, models.values()))}"
+    )
     print(f"  perplexity table: {output_dir / 'perplexity.md'}")
     print(f"  NER results table: {output_dir / 'tables' / 'results.md'}")
     print(f"  TensorBoard: tensorboard --logdir {output_dir}")

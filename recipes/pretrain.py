@@ -41,13 +41,22 @@ logger = logging.getLogger("pretrain")
 
 @dataclass
 class DataArguments:
-    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "language codes, in model order"})
-    text_dir: str | None = field(default=None, metadata={"help": "folder with one sub-folder of text per language"})
-    corpus_files: list[str] = field(
-        default_factory=list, metadata={"help": "LANG=PATH entries (file or folder), override text_dir per language"}
+    languages: list[str] = field(
+        default_factory=lambda: ["en"], metadata={"help": "language codes, in model order"}
     )
-    hub_dataset: str | None = field(default=None, metadata={"help": "Hub dataset for languages without local text"})
-    hub_config_template: str | None = field(default=None, metadata={"help": "Hub config name, e.g. 20231101.{lang}"})
+    text_dir: str | None = field(
+        default=None, metadata={"help": "folder with one sub-folder of text per language"}
+    )
+    corpus_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LANG=PATH entries (file or folder), override text_dir per language"},
+    )
+    hub_dataset: str | None = field(
+        default=None, metadata={"help": "Hub dataset for languages without local text"}
+    )
+    hub_config_template: str | None = field(
+        default=None, metadata={"help": "Hub config name, e.g. 20231101.{lang}"}
+    )
     validation_sentences: int = field(default=1000, metadata={"help": "held-out sentences per language"})
     subsample: list[str] = field(
         default_factory=list, metadata={"help": "LANG=N entries: keep exactly N training sentences (frl/rul)"}
@@ -56,13 +65,17 @@ class DataArguments:
     block_size: int = field(default=256, metadata={"help": "tokens per training stream block (XLM: 256)"})
     mlm_probability: float = field(default=0.15)
     data_seed_offset: int = field(default=0, metadata={"help": "added to seed for splits/subsampling"})
-    data_cache_dir: str | None = field(default=None, metadata={"help": "datasets Arrow cache (default HF cache)"})
+    data_cache_dir: str | None = field(
+        default=None, metadata={"help": "datasets Arrow cache (default HF cache)"}
+    )
     preprocessing_num_workers: int | None = field(default=None)
 
 
 @dataclass
 class TokenizerArguments:
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "load instead of training one"})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "load instead of training one"}
+    )
     vocab_size: int = field(default=32000, metadata={"help": "shared BPE vocabulary (paper: 32k)"})
     tokenizer_training_sentences: int = field(default=1_000_000)
     tokenizer_temperature: float = field(default=1 / 0.7)
@@ -90,7 +103,9 @@ def parse_arguments(argv: list[str]):
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     config_parser = HfArgumentParser(())
     config_parser.add_argument("--config", default=None)
-    config_parser.add_argument("--print_config", action="store_true", help="print the resolved arguments and exit")
+    config_parser.add_argument(
+        "--print_config", action="store_true", help="print the resolved arguments and exit"
+    )
     known, rest = config_parser.parse_known_args(argv)
     if known.config is not None:
         with open(known.config, encoding="utf-8") as handle:
@@ -98,7 +113,9 @@ def parse_arguments(argv: list[str]):
         known_fields = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known_fields)
         if unknown:
-            raise SystemExit(f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`")
+            raise SystemExit(
+                f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
+            )
         parser.set_defaults(**values)
     arguments = parser.parse_args_into_dataclasses(args=rest)
     if known.print_config:
@@ -122,6 +139,17 @@ def key_value_pairs(entries: list[str], name: str) -> dict[str, list[str]]:
     return pairs
 
 
+def subsample_sizes(entries: list[str]) -> dict[str, int]:
+    sizes = {}
+    for language, values in key_value_pairs(entries, "subsample").items():
+        if len(values) != 1 or not values[0].isdigit():
+            raise SystemExit(
+                f"error: subsample for {language!r} is {values}: expected one LANG=N, N a positive integer"
+            )
+        sizes[language] = int(values[0])
+    return sizes
+
+
 def resolve_resume(training_args) -> str | None:
     if training_args.resume_from_checkpoint != "latest":
         return training_args.resume_from_checkpoint
@@ -130,11 +158,14 @@ def resolve_resume(training_args) -> str | None:
     return str(checkpoint) if checkpoint is not None else None
 
 
-def build_tokenizer(tokenizer_args, train_sentences, training_args, resuming: bool):
+def build_tokenizer(tokenizer_args, train_sentences, training_args, resume: str | None):
+    """Given tokenizer, else the one saved in the checkpoint being resumed, else train one (main process)."""
     saved = Path(training_args.output_dir) / "tokenizer"
     if tokenizer_args.tokenizer_name_or_path is not None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_args.tokenizer_name_or_path)
-    elif resuming or not training_args.should_save:
+    elif resume is not None:
+        tokenizer = AutoTokenizer.from_pretrained(resume)  # the Trainer saves it in every checkpoint
+    elif not training_args.should_save:
         tokenizer = AutoTokenizer.from_pretrained(saved)  # the main process trained it first
     else:
         tokenizer = train_shared_tokenizer(
@@ -149,7 +180,9 @@ def build_tokenizer(tokenizer_args, train_sentences, training_args, resuming: bo
     return tokenizer
 
 
-def write_model_card(output_dir: Path, data_args, model_args, data, final_perplexity: dict[str, float]) -> None:
+def write_model_card(
+    output_dir: Path, data_args, model_args, data, final_perplexity: dict[str, float]
+) -> None:
     rows = "\n".join(
         f"| {lang} | {data.train_sentences[lang]} | {data.sampling_probabilities[lang]:.3f} | "
         f"{final_perplexity.get(lang, float('nan')):.2f} |"
@@ -160,7 +193,7 @@ language: {json.dumps(data_args.languages)}
 library_name: transformers
 tags: [meta-xlm, fill-mask, multilingual]
 ---
-# MetaXLM masked LM ({'-'.join(data_args.languages)}, language_modules={model_args.language_modules})
+# MetaXLM masked LM ({"-".join(data_args.languages)}, language_modules={model_args.language_modules})
 
 Pretrained with `recipes/pretrain.py` of meta-xlm (Wang, Lipton & Tsvetkov, EMNLP 2020, "On Negative
 Interference in Multilingual Models"). Load with `import meta_xlm` then
@@ -181,18 +214,21 @@ def main(argv: list[str]) -> None:
     resume = resolve_resume(training_args)
     seed = training_args.seed + data_args.data_seed_offset
 
+    corpus_paths = key_value_pairs(data_args.corpus_files, "corpus_files")
+    subsample = subsample_sizes(data_args.subsample)
     with training_args.main_process_first(desc="corpora, tokenizer, blocks"):
         corpora = load_corpora(
             data_args.languages,
-            corpus_paths=key_value_pairs(data_args.corpus_files, "corpus_files"),
+            corpus_paths=corpus_paths,
             text_dir=data_args.text_dir,
             hub_dataset=data_args.hub_dataset,
             hub_config_template=data_args.hub_config_template,
             cache_dir=data_args.data_cache_dir,
         )
-        subsample = {lang: int(n[-1]) for lang, n in key_value_pairs(data_args.subsample, "subsample").items()}
-        train_sentences, validation_sentences = split_corpora(corpora, data_args.validation_sentences, subsample, seed)
-        tokenizer = build_tokenizer(tokenizer_args, train_sentences, training_args, resuming=resume is not None)
+        train_sentences, validation_sentences = split_corpora(
+            corpora, data_args.validation_sentences, subsample, seed
+        )
+        tokenizer = build_tokenizer(tokenizer_args, train_sentences, training_args, resume)
         data = build_blocks(
             train_sentences,
             validation_sentences,
@@ -210,14 +246,18 @@ def main(argv: list[str]) -> None:
         default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
         **asdict(model_args),
     )
-    set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation here
+    set_seed(
+        training_args.seed
+    )  # the Trainer seeds only after the model exists: seed its initialisation here
     model = MetaXLMForMaskedLM(config)
     trainer = MetaXLMTrainer(
         model=model,
         args=training_args,
         train_dataset=data.train,
         eval_dataset=data.validation,
-        data_collator=MLMCollator(tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed),
+        data_collator=MLMCollator(
+            tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed
+        ),
         processing_class=tokenizer,
         language_sampling_probs=data.sampling_probabilities,
         meta_validation_datasets=data.validation,
@@ -232,9 +272,14 @@ def main(argv: list[str]) -> None:
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         tokenizer.save_pretrained(output_dir)
-        resolved = {name: value for args in (data_args, tokenizer_args, model_args, training_args)
-                    for name, value in args_to_dict(args).items()}
-        (output_dir / "pretrain_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        resolved = {
+            name: value
+            for args in (data_args, tokenizer_args, model_args, training_args)
+            for name, value in args_to_dict(args).items()
+        }
+        (output_dir / "pretrain_config.yaml").write_text(
+            yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
+        )
         (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
         write_model_card(output_dir, data_args, model_args, data, final_perplexity)
         logger.info("validation perplexity: %s", final_perplexity)

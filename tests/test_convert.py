@@ -1,7 +1,14 @@
 """Importing XLM-R and X-MOD masked LMs: identical outputs after conversion, X-MOD adapters per language, errors."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -12,6 +19,7 @@ from transformers import (
 )
 
 from meta_xlm.convert import convert_xlmr, convert_xmod
+from meta_xlm.data import train_shared_tokenizer
 from meta_xlm.hub import UnsafeCheckpointError
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
 
@@ -51,7 +59,9 @@ def tiny_xlmr() -> XLMRobertaForMaskedLM:
 def tiny_xmod(**options) -> XmodForMaskedLM:
     torch.manual_seed(2)
     model = XmodForMaskedLM(XmodConfig(**TINY, languages=XMOD_LANGUAGES, **options)).eval()
-    with torch.no_grad():  # X-MOD initialises adapters like any Linear; make every language's adapter distinct
+    with (
+        torch.no_grad()
+    ):  # X-MOD initialises adapters like any Linear; make every language's adapter distinct
         for layer in model.roberta.encoder.layer:
             for adapter in layer.output.adapter_modules.values():
                 adapter.dense2.weight.normal_(0, 0.5)
@@ -126,7 +136,9 @@ def test_converted_xmod_adapters_give_xmods_outputs_per_language(options):
     assert (outputs["te_IN"] - outputs["en"]).abs().max() > 1e-3
     mixed_ids = torch.arange(BATCH) % 2
     mixed = model(**batch, lang_ids=mixed_ids).logits
-    source_mixed = source(**batch, lang_ids=torch.tensor([XMOD_LANGUAGES.index("te_IN"), 0])[mixed_ids]).logits
+    source_mixed = source(
+        **batch, lang_ids=torch.tensor([XMOD_LANGUAGES.index("te_IN"), 0])[mixed_ids]
+    ).logits
     assert_same_logits(mixed, source_mixed, batch["attention_mask"])
 
 
@@ -139,7 +151,9 @@ def test_converted_xmod_saves_and_reloads_with_its_adapter_layout(tmp_path):
     assert reloaded.config.adapter_activation == "gelu"
     batch = make_inputs(seed=2)
     lang_ids = torch.full((BATCH,), 2)
-    torch.testing.assert_close(reloaded(**batch, lang_ids=lang_ids).logits, model(**batch, lang_ids=lang_ids).logits)
+    torch.testing.assert_close(
+        reloaded(**batch, lang_ids=lang_ids).logits, model(**batch, lang_ids=lang_ids).logits
+    )
 
 
 def test_conversion_from_a_folder(tmp_path):
@@ -148,7 +162,9 @@ def test_conversion_from_a_folder(tmp_path):
     model = convert_xlmr(tmp_path / "xlmr", ["en", "sw"], "adapters")
     batch = make_inputs(seed=3)
     expected = source(**batch).logits
-    assert_same_logits(model(**batch, lang_ids=torch.ones(BATCH, dtype=torch.long)).logits, expected, batch["attention_mask"])
+    assert_same_logits(
+        model(**batch, lang_ids=torch.ones(BATCH, dtype=torch.long)).logits, expected, batch["attention_mask"]
+    )
 
 
 def test_another_architecture_is_refused(tmp_path):
@@ -205,3 +221,59 @@ def test_ffn_adapter_layout_fields_are_validated():
         MetaXLMConfig(**{**base, "language_modules": "ffn"}, ffn_adapter_placement="after_residual")
     with pytest.raises(ValueError, match="adapter_activation"):
         MetaXLMConfig(**base, adapter_activation="swishy")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command-line entry points (run as subprocesses)
+# ----------------------------------------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_source_with_tokenizer(directory: Path, model_class, config_class, **options):
+    corpora = {
+        "en": datasets.Dataset.from_dict({"text": [f"the cat {i} sat on mat {i % 3}" for i in range(80)]})
+    }
+    tokenizer = train_shared_tokenizer(corpora, vocab_size=280, temperature=1.0, num_sentences=80, seed=0,
+                                       show_progress=False)  # fmt: skip
+    torch.manual_seed(3)
+    model = model_class(config_class(**{**TINY, "vocab_size": len(tokenizer)}, **options)).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model, tokenizer
+
+
+def run_recipe(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / name), *args],
+        capture_output=True, text=True, check=False, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_convert_xlmr_recipe_writes_an_equivalent_checkpoint_with_card(tmp_path):
+    source, tokenizer = save_source_with_tokenizer(tmp_path / "xlmr", XLMRobertaForMaskedLM, XLMRobertaConfig)
+    result = run_recipe("convert_xlmr.py", "--source", str(tmp_path / "xlmr"), "--output_dir", str(tmp_path / "out"),
+                        "--languages", "en", "te", "--language_modules", "adapters")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = MetaXLMForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    batch = tokenizer(["the cat sat", "on mat 2"], padding=True, return_tensors="pt")
+    expected = source(**batch).logits
+    actual = model(**batch, lang_ids=torch.tensor([1, 1])).logits
+    assert_same_logits(actual, expected, batch["attention_mask"])
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.language == ["en", "te"] and "JointPair + adpt" in card.text
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and (
+        tmp_path / "out" / "convert_config.yaml"
+    ).is_file()
+
+
+@pytest.mark.slow
+def test_convert_xmod_recipe_renames_and_rejects_unknown_languages(tmp_path):
+    save_source_with_tokenizer(tmp_path / "xmod", XmodForMaskedLM, XmodConfig, languages=XMOD_LANGUAGES)
+    result = run_recipe("convert_xmod.py", "--source", str(tmp_path / "xmod"), "--output_dir", str(tmp_path / "out"),
+                        "--languages", "te_IN", "en_XX", "--rename", "te_IN=te", "en_XX=en")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert MetaXLMForMaskedLM.from_pretrained(tmp_path / "out").config.languages == ["te", "en"]
+    bad = run_recipe("convert_xmod.py", "--source", str(tmp_path / "xmod"), "--output_dir", str(tmp_path / "bad"),
+                     "--languages", "sw_KE")  # fmt: skip
+    assert bad.returncode != 0 and "['sw_KE'] not in the source X-MOD model" in bad.stderr

@@ -37,15 +37,18 @@ def real_corpora(tmp_path_factory):
     paths = {lang: [str(shared_data_path("text", lang, name))] for lang, name in SCRIPT_FILES.items()}
     cache = tmp_path_factory.mktemp("cache")
     corpora = load_corpora(list(paths), corpus_paths=paths, cache_dir=str(cache))
-    train, validation = split_corpora(corpora, validation_sentences=50, subsample={"en": 3000, "sw": 3000}, seed=7)
+    train, validation = split_corpora(
+        corpora, validation_sentences=50, subsample={"en": 3000, "sw": 3000}, seed=7
+    )
     return train, validation
 
 
 @pytest.fixture(scope="module")
 def tokenizer(real_corpora, tmp_path_factory):
     train, _ = real_corpora
-    trained = train_shared_tokenizer(train, vocab_size=1499, temperature=1 / 0.7, num_sentences=6000, seed=3,
-                                     show_progress=False)
+    trained = train_shared_tokenizer(
+        train, vocab_size=1499, temperature=1 / 0.7, num_sentences=6000, seed=3, show_progress=False
+    )
     folder = tmp_path_factory.mktemp("tokenizer")
     trained.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
@@ -86,8 +89,11 @@ def test_temperature_one_is_proportional_and_large_temperature_tends_to_uniform(
 
 
 def test_subsampling_is_seeded_and_exact(tmp_path):
-    corpus = load_language_corpus("xx", [write_lines(tmp_path / "a.txt", [f"s{i}" for i in range(503)])],
-                                  cache_dir=str(tmp_path / "cache"))
+    corpus = load_language_corpus(
+        "xx",
+        [write_lines(tmp_path / "a.txt", [f"s{i}" for i in range(503)])],
+        cache_dir=str(tmp_path / "cache"),
+    )
     first = subsample_sentences(corpus, 101, seed=5, language="xx")["text"]
     again = subsample_sentences(corpus, 101, seed=5, language="xx")["text"]
     other = subsample_sentences(corpus, 101, seed=6, language="xx")["text"]
@@ -98,8 +104,11 @@ def test_subsampling_is_seeded_and_exact(tmp_path):
 
 
 def test_validation_split_is_disjoint_and_exact(tmp_path):
-    corpus = load_language_corpus("xx", [write_lines(tmp_path / "a.txt", [f"s{i}" for i in range(97)])],
-                                  cache_dir=str(tmp_path / "cache"))
+    corpus = load_language_corpus(
+        "xx",
+        [write_lines(tmp_path / "a.txt", [f"s{i}" for i in range(97)])],
+        cache_dir=str(tmp_path / "cache"),
+    )
     train, validation = split_validation(corpus, 13, seed=1, language="xx")
     assert len(validation) == 13 and len(train) == 84
     assert not set(train["text"]) & set(validation["text"])
@@ -150,8 +159,12 @@ def test_bad_inputs_raise_errors_naming_them(tmp_path):
 
 
 def test_tokenizer_ids_and_languages_match_the_model_defaults(tokenizer):
-    assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (
-        0, 1, 2, 3)
+    assert (
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.unk_token_id,
+    ) == (0, 1, 2, 3)
     assert tokenizer.mask_token_id == len(tokenizer) - 1 == 1498
     assert tokenizer.init_kwargs["languages"] == list(SCRIPT_FILES)
     assert tokenizer("hello")["input_ids"][0] == 0 and tokenizer("hello")["input_ids"][-1] == 2
@@ -208,7 +221,9 @@ def test_masking_statistics_on_real_text(tokenizer, real_corpora):
     masked_share = (inputs[selected] == tokenizer.mask_token_id).float().mean().item()
     kept_share = (inputs[selected] == original[selected]).float().mean().item()
     assert masked_share == pytest.approx(0.8, abs=0.03)
-    assert kept_share == pytest.approx(0.1 + 0.1 / len(tokenizer), abs=0.03)  # 10% kept (+ random hits itself)
+    assert kept_share == pytest.approx(
+        0.1 + 0.1 / len(tokenizer), abs=0.03
+    )  # 10% kept (+ random hits itself)
     random_share = 1 - masked_share - kept_share
     assert random_share == pytest.approx(0.1, abs=0.03)
     replaced = selected & (inputs != tokenizer.mask_token_id) & (inputs != original)
@@ -234,5 +249,7 @@ def test_masks_are_a_function_of_seed_and_batch_not_of_global_rng(tokenizer):
     torch.manual_seed(2)
     again = MLMCollator(tokenizer, seed=5)(examples)
     other_seed = MLMCollator(tokenizer, seed=6)(examples)
-    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(
+        first["input_ids"], again["input_ids"]
+    )
     assert not torch.equal(first["labels"], other_seed["labels"])

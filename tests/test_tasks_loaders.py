@@ -20,6 +20,7 @@ from meta_xlm.tasks.loaders import (
     load_token_tag_file,
     load_xnli_tsv,
     nli_from_hub_layout,
+    qa_from_hub_layout,
     tagging_from_hub_layout,
 )
 
@@ -238,3 +239,14 @@ def test_hub_layouts_convert_to_the_schemas():
         ),
     )
     assert nli_from_hub_layout(xnli, "fr")[0]["label"] == 2
+
+
+def test_squad_hub_layout_converts():
+    hub = datasets.Dataset.from_list([
+        {"id": "q1", "title": "T", "context": "Paris is in France.", "question": "Where?",
+         "answers": {"text": ["France"], "answer_start": [12]}},
+    ])  # fmt: skip
+    converted = qa_from_hub_layout(hub, "en")
+    assert converted.features == QA_FEATURES
+    assert converted[0]["answers"] == {"text": ["France"], "answer_start": [12]}
+    assert converted[0]["language"] == "en"

@@ -79,7 +79,9 @@ def load_source(
 
 def check_post_norm_encoder(config, source_name: str) -> None:
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        raise ValueError(f"{source_name}: is_decoder/add_cross_attention is set; only encoders can be converted")
+        raise ValueError(
+            f"{source_name}: is_decoder/add_cross_attention is set; only encoders can be converted"
+        )
     if getattr(config, "pre_norm", False):
         raise ValueError(f"{source_name}: pre_norm=True; MetaXLM has XLM-R's post-LayerNorm layout only")
 
@@ -175,7 +177,9 @@ def convert_xlmr(
             "use_language_embeddings=True would add untrained language embeddings: the converted model would no "
             "longer equal its source; add them after conversion if wanted"
         )
-    model = load_source(source, XLMRobertaForMaskedLM, XLMR_MODEL_TYPES, allow_pickle=allow_pickle, revision=revision)
+    model = load_source(
+        source, XLMRobertaForMaskedLM, XLMR_MODEL_TYPES, allow_pickle=allow_pickle, revision=revision
+    )
     source_name = str(source) if not isinstance(source, PreTrainedModel) else type(source).__name__
     check_post_norm_encoder(model.config, source_name)
     config = MetaXLMConfig(
@@ -203,7 +207,9 @@ def convert_xlmr(
 
     new_keys = copy_weights(target, model.state_dict(), source_key_of, source_name)
     zero_output_projection(target, adapter_names)
-    logger.info("converted %s: %d new language-module tensors for %s", source_name, len(new_keys), list(languages))
+    logger.info(
+        "converted %s: %d new language-module tensors for %s", source_name, len(new_keys), list(languages)
+    )
     return target.eval()
 
 
@@ -219,7 +225,9 @@ def xmod_ffn_adapter_layout(config) -> dict:
     else:
         input_norm = "none"
     if not isinstance(config.hidden_act, str):
-        raise ValueError(f"X-MOD hidden_act must be an activation name to be saved in a config, got {config.hidden_act!r}")
+        raise TypeError(
+            f"X-MOD hidden_act must be an activation name to be saved in a config, got {config.hidden_act!r}"
+        )
     return dict(
         ffn_adapter_placement="after_residual",
         ffn_adapter_input_norm=input_norm,
@@ -229,7 +237,10 @@ def xmod_ffn_adapter_layout(config) -> dict:
 
 
 def choose_xmod_languages(
-    source_languages: list[str], languages: Sequence[str] | None, rename: Mapping[str, str] | None, source_name: str
+    source_languages: list[str],
+    languages: Sequence[str] | None,
+    rename: Mapping[str, str] | None,
+    source_name: str,
 ) -> dict[str, str]:
     """{our code: X-MOD code} in the chosen order; every chosen language must have an adapter in the source."""
     chosen = list(languages) if languages is not None else list(source_languages)
@@ -241,7 +252,9 @@ def choose_xmod_languages(
     rename = dict(rename or {})
     unknown = sorted(set(rename) - set(chosen))
     if unknown:
-        raise ValueError(f"rename has entries {unknown} for languages that are not converted (chosen: {chosen})")
+        raise ValueError(
+            f"rename has entries {unknown} for languages that are not converted (chosen: {chosen})"
+        )
     return {rename.get(code, code): code for code in chosen}
 
 
@@ -260,14 +273,22 @@ def convert_xmod(
     `languages`: X-MOD codes to keep, in the new model's order (default: all). `rename`: X-MOD code -> new code.
     `default_language` is a new code (default: the source's default language when it is kept).
     """
-    model = load_source(source, XmodForMaskedLM, XMOD_MODEL_TYPES, allow_pickle=allow_pickle, revision=revision)
+    model = load_source(
+        source, XmodForMaskedLM, XMOD_MODEL_TYPES, allow_pickle=allow_pickle, revision=revision
+    )
     source_name = str(source) if not isinstance(source, PreTrainedModel) else type(source).__name__
     source_config = model.config
     check_post_norm_encoder(source_config, source_name)
     code_map = choose_xmod_languages(list(source_config.languages), languages, rename, source_name)
     if default_language is None and source_config.default_language in code_map.values():
-        default_language = next(ours for ours, theirs in code_map.items() if theirs == source_config.default_language)
-    bottleneck = model.roberta.encoder.layer[0].output.adapter_modules[next(iter(code_map.values()))].dense1.out_features
+        default_language = next(
+            ours for ours, theirs in code_map.items() if theirs == source_config.default_language
+        )
+    bottleneck = (
+        model.roberta.encoder.layer[0]
+        .output.adapter_modules[next(iter(code_map.values()))]
+        .dense1.out_features
+    )
     if source_config.hidden_size % bottleneck != 0:
         raise ValueError(
             f"{source_name}: adapter width {bottleneck} does not divide hidden_size {source_config.hidden_size}; "
@@ -313,7 +334,9 @@ def convert_xmod(
             for code in config.languages
         ],
     )
-    logger.info("converted %s: languages %s (X-MOD codes %s)", source_name, list(code_map), list(code_map.values()))
+    logger.info(
+        "converted %s: languages %s (X-MOD codes %s)", source_name, list(code_map), list(code_map.values())
+    )
     return target.eval()
 
 

@@ -110,7 +110,9 @@ def corpus_fingerprint(files: Sequence[Path]) -> tuple[str, int]:
                     digest.update(line.encode("utf-8"))
                     non_blank_lines += bool(line.strip())
         except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
-            raise CorpusError(f"cannot read corpus file {path}: {error} (expected UTF-8 text, plain or gzip)") from error
+            raise CorpusError(
+                f"cannot read corpus file {path}: {error} (expected UTF-8 text, plain or gzip)"
+            ) from error
     return digest.hexdigest(), non_blank_lines
 
 
@@ -154,7 +156,9 @@ def load_hub_corpus(
             f"columns are {dataset.column_names}"
         )
     dataset = dataset.select_columns([text_column]).rename_column(text_column, "text")
-    dataset = dataset.map(_split_lines, batched=True, remove_columns=["text"], desc=f"splitting {language} lines")
+    dataset = dataset.map(
+        _split_lines, batched=True, remove_columns=["text"], desc=f"splitting {language} lines"
+    )
     if len(dataset) == 0:
         raise CorpusError(f"language {language!r} is empty in Hub dataset {dataset_id} ({config_name})")
     return dataset
@@ -164,7 +168,9 @@ def _split_lines(batch: dict[str, list[str]]) -> dict[str, list[str]]:
     return {"text": [line.strip() for text in batch["text"] for line in text.splitlines() if line.strip()]}
 
 
-def split_validation(dataset: Dataset, validation_sentences: int, seed: int, language: str) -> tuple[Dataset, Dataset]:
+def split_validation(
+    dataset: Dataset, validation_sentences: int, seed: int, language: str
+) -> tuple[Dataset, Dataset]:
     """Hold out exactly `validation_sentences` sentences, chosen with `seed`; returns (train, validation)."""
     if validation_sentences < 1 or validation_sentences >= len(dataset):
         raise CorpusError(
@@ -212,11 +218,15 @@ def temperature_balanced_sample(
     corpora: Mapping[str, Dataset], temperature: float, num_sentences: int, seed: int
 ) -> Iterator[str]:
     """`num_sentences` sentences in all, language i drawn with p_i (with replacement, so small languages
-    count as often as their share says), interleaved in a seeded random order."""
-    probabilities = language_sampling_probabilities({lang: len(ds) for lang, ds in corpora.items()}, temperature)
+    count as often as their share says), yielded language by language: BPE's pair counts ignore order."""
+    probabilities = language_sampling_probabilities(
+        {lang: len(ds) for lang, ds in corpora.items()}, temperature
+    )
     rng = np.random.default_rng(seed)
     languages = list(corpora)
-    language_of_each = rng.choice(len(languages), size=num_sentences, p=[probabilities[lang] for lang in languages])
+    language_of_each = rng.choice(
+        len(languages), size=num_sentences, p=[probabilities[lang] for lang in languages]
+    )
     for position, language in enumerate(languages):
         count = int((language_of_each == position).sum())
         indices = np.sort(rng.integers(0, len(corpora[language]), size=count))
@@ -251,7 +261,9 @@ def train_shared_tokenizer(
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(
-        temperature_balanced_sample(corpora, temperature, num_sentences, seed), trainer=trainer, length=num_sentences
+        temperature_balanced_sample(corpora, temperature, num_sentences, seed),
+        trainer=trainer,
+        length=num_sentences,
     )
     tokenizer.add_special_tokens([MASK_TOKEN])
     bos_id, eos_id = tokenizer.token_to_id(BOS_TOKEN), tokenizer.token_to_id(EOS_TOKEN)
@@ -281,7 +293,9 @@ def check_special_token_ids(tokenizer) -> None:
     expected = {BOS_TOKEN: 0, PAD_TOKEN: 1, EOS_TOKEN: 2, UNK_TOKEN: 3}
     found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
     if found != expected:
-        raise ValueError(f"tokenizer special-token ids are {found}, expected {expected} (XLM-R / MetaXLMConfig)")
+        raise ValueError(
+            f"tokenizer special-token ids are {found}, expected {expected} (XLM-R / MetaXLMConfig)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -303,7 +317,12 @@ def _pack_blocks(batch: dict[str, list[list[int]]], block_size: int, bos_id: int
 
 
 def tokenize_into_blocks(
-    sentences: Dataset, tokenizer, block_size: int, lang_id: int, num_proc: int | None = None, batch_size: int = 1000
+    sentences: Dataset,
+    tokenizer,
+    block_size: int,
+    lang_id: int,
+    num_proc: int | None = None,
+    batch_size: int = 1000,
 ) -> Dataset:
     """Fixed-length blocks (`input_ids`: block_size ints, `lang_ids`: int) from a "text" dataset."""
     tokenized = sentences.map(
@@ -371,7 +390,12 @@ class MLMCollator:
         attention_mask = (input_ids != pad_id).long()  # (B, T)
         lang_ids = torch.tensor([int(example["lang_ids"]) for example in examples], dtype=torch.long)  # (B,)
         masked_input_ids, labels = self.mask_tokens(input_ids)
-        return {"input_ids": masked_input_ids, "attention_mask": attention_mask, "labels": labels, "lang_ids": lang_ids}
+        return {
+            "input_ids": masked_input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "lang_ids": lang_ids,
+        }
 
     def batch_generator(self, input_ids: torch.Tensor) -> torch.Generator:
         digest = hashlib.blake2b(input_ids.numpy().tobytes(), digest_size=8, key=str(self.seed).encode())
@@ -385,10 +409,14 @@ class MLMCollator:
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
         decision = torch.rand(input_ids.shape, generator=generator)
         to_mask = selected & (decision < self.mask_replace_probability)
-        to_random = selected & (decision >= self.mask_replace_probability) & (
-            decision < self.mask_replace_probability + self.random_replace_probability
+        to_random = (
+            selected
+            & (decision >= self.mask_replace_probability)
+            & (decision < self.mask_replace_probability + self.random_replace_probability)
         )
-        random_tokens = self.ordinary_ids[torch.randint(len(self.ordinary_ids), input_ids.shape, generator=generator)]
+        random_tokens = self.ordinary_ids[
+            torch.randint(len(self.ordinary_ids), input_ids.shape, generator=generator)
+        ]
         masked = torch.where(to_mask, torch.full_like(input_ids, self.tokenizer.mask_token_id), input_ids)
         masked = torch.where(to_random, random_tokens, masked)
         return masked, labels
@@ -462,7 +490,9 @@ def split_corpora(
         raise CorpusError(f"subsample names languages {unknown} that are not among {list(corpora)}")
     train, validation = {}, {}
     for language, sentences in corpora.items():
-        train[language], validation[language] = split_validation(sentences, validation_sentences, seed, language)
+        train[language], validation[language] = split_validation(
+            sentences, validation_sentences, seed, language
+        )
         if language in subsample:
             train[language] = subsample_sentences(train[language], subsample[language], seed, language)
     return train, validation
@@ -480,7 +510,9 @@ def build_blocks(
     """Tokenize and pack every language; p_i from the number of training blocks (tokens, not lines)."""
     train_blocks, validation_blocks = {}, {}
     for lang_id, language in enumerate(languages):
-        train_blocks[language] = tokenize_into_blocks(train[language], tokenizer, block_size, lang_id, num_proc)
+        train_blocks[language] = tokenize_into_blocks(
+            train[language], tokenizer, block_size, lang_id, num_proc
+        )
         validation_blocks[language] = tokenize_into_blocks(
             validation[language], tokenizer, block_size, lang_id, num_proc
         )
@@ -570,16 +602,16 @@ def add_callback_before_reporters(trainer, callback: TrainerCallback) -> None:
 __all__ = [
     "CHECKPOINT_COMPLETE_MARKER",
     "CheckpointCompletionCallback",
-    "LanguagePerplexityCallback",
-    "add_callback_before_reporters",
-    "latest_complete_checkpoint",
     "CorpusError",
+    "LanguagePerplexityCallback",
     "MLMCollator",
     "PretrainingData",
+    "add_callback_before_reporters",
     "build_blocks",
     "check_special_token_ids",
     "corpus_fingerprint",
     "language_sampling_probabilities",
+    "latest_complete_checkpoint",
     "load_corpora",
     "load_hub_corpus",
     "load_language_corpus",

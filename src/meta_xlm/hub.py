@@ -49,7 +49,9 @@ def publishable_files(output_dir: str | os.PathLike) -> list[str]:
     """
     root = Path(output_dir)
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder (expected a model output folder written by save_pretrained)")
+        raise ValueError(
+            f"{root} is not a folder (expected a model output folder written by save_pretrained)"
+        )
     check_config_for_remote_code(root / "config.json")
     names = sorted(p.name for p in root.iterdir() if p.is_file())
     required = [
@@ -120,7 +122,9 @@ def push_to_hub(
 # ----------------------------------------------------------------------------------------------------------------
 # Loading without unpickling
 # ----------------------------------------------------------------------------------------------------------------
-def has_file(name_or_path: str | os.PathLike, filename: str, revision: str | None = None, **hub_kwargs) -> bool:
+def has_file(
+    name_or_path: str | os.PathLike, filename: str, revision: str | None = None, **hub_kwargs
+) -> bool:
     """Whether a local folder or a Hub repository (its cache, offline) holds `filename`."""
     if Path(name_or_path).is_dir():
         return (Path(name_or_path) / filename).is_file()
@@ -163,6 +167,7 @@ def load_pretrained(
     *,
     revision: str | None = None,
     allow_pickle: bool = False,
+    cache_dir: str | os.PathLike | None = None,
     **kwargs,
 ):
     """`model_class.from_pretrained(name_or_path, revision=...)` that reads safetensors weights only.
@@ -171,9 +176,15 @@ def load_pretrained(
     to it (trust_remote_code, torch_dtype, output_loading_info, ...). Pickle weights load only with
     `allow_pickle=True`.
     """
-    weights = check_safe_weights(name_or_path, allow_pickle=allow_pickle, revision=revision)
+    weights = check_safe_weights(
+        name_or_path, allow_pickle=allow_pickle, revision=revision, cache_dir=cache_dir
+    )
     return model_class.from_pretrained(
-        name_or_path, revision=revision, use_safetensors=weights == "safetensors", **kwargs
+        name_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        use_safetensors=weights == "safetensors",
+        **kwargs,
     )
 
 

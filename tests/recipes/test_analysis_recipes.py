@@ -63,7 +63,7 @@ def pretrain_tiny(root: Path, shared_data_path) -> tuple[Path, dict[str, Path]]:
     run_dir = root / "jointpair"
     args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=16, per_device_eval_batch_size=32, max_steps=150,
-        learning_rate=2e-3, warmup_steps=20, logging_steps=10, eval_strategy="steps", eval_steps=50, save_steps=50,
+        learning_rate=5e-3, warmup_steps=20, lr_scheduler_type="constant_with_warmup", logging_steps=10, eval_strategy="steps", eval_steps=50, save_steps=50,
         report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = Trainer(

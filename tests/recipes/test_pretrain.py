@@ -10,32 +10,65 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 RECIPE = REPO_ROOT / "recipes" / "pretrain.py"
-TINY_CONFIG = REPO_ROOT / "recipes" / "configs" / "tiny_joint_pair.yaml"
+CONFIGS = REPO_ROOT / "recipes" / "configs"
+TINY_CONFIG = CONFIGS / "tiny_joint_pair.yaml"
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
-TWO_CPU_PROCESSES = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                     "--dynamo_backend", "no"]
-ONE_PROCESS = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+TWO_CPU_PROCESSES = [
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+ONE_PROCESS = [
+    "--num_processes",
+    "1",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 # Resumed losses must equal the uninterrupted run's: same CPU kernels, same data order and RNG state.
 RESUME_TOLERANCE = 1e-6
 
 
-def recipe_args(shared_data, tmp_path, *extra):
-    return [str(RECIPE), "--config", str(TINY_CONFIG), "--text_dir", str(shared_data("text")),
-            "--data_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true", *extra]
+def recipe_args(shared_data, tmp_path, *extra, config=TINY_CONFIG):
+    return [
+        str(RECIPE),
+        "--config",
+        str(config),
+        "--text_dir",
+        str(shared_data("text")),
+        "--data_cache_dir",
+        str(tmp_path / "cache"),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 def run(command, timeout=600):
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-    return result
+    """Run and return the CompletedProcess; the caller checks returncode (failures are what some tests want)."""
+    return subprocess.run(
+        command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def logged_losses(output_dir: Path) -> dict[int, float]:
-    state = json.loads(max(output_dir.glob("checkpoint-*/trainer_state.json"),
-                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    state = json.loads(
+        max(
+            output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1])
+        ).read_text()
+    )
     return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
@@ -69,7 +102,9 @@ def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, proce
     assert result.returncode == 0, result.stderr[-5000:]
     assert_finite_falling_loss(output_dir)
     perplexities = json.loads((output_dir / "perplexity.json").read_text())
-    assert set(perplexities) == {"en", "sw"} and all(math.isfinite(p) and p > 1 for p in perplexities.values())
+    assert set(perplexities) == {"en", "sw"} and all(
+        math.isfinite(p) and p > 1 for p in perplexities.values()
+    )
     assert "eval_sw_perplexity" in result.stdout + result.stderr
     assert list((output_dir / "runs").rglob("events.out.tfevents*")), "no TensorBoard log"
     for name in ("README.md", "pretrain_config.yaml", "config.json", "tokenizer.json"):
@@ -78,16 +113,30 @@ def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, proce
 
 
 @pytest.mark.slow
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_data, tmp_path):
-    steps = ["--max_steps", "300", "--save_steps", "10", "--logging_steps", "5", "--eval_strategy", "no"]
+@pytest.mark.parametrize("config", ["tiny_joint_pair.yaml", "tiny_meta_adpt.yaml"])
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_data, tmp_path, config):
+    """Data order, sampler state, masks and both optimizers (θ's and, for +meta adpt, φ's) must resume."""
+    steps = ["--max_steps", "80", "--save_steps", "10", "--logging_steps", "5", "--eval_strategy", "no"]
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    reference = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, "--output_dir", str(reference_dir),
-                                                          *steps)])
+    reference = run(
+        [
+            *LAUNCH,
+            *ONE_PROCESS,
+            *recipe_args(
+                shared_data, tmp_path, "--output_dir", str(reference_dir), *steps, config=CONFIGS / config
+            ),
+        ]
+    )
     assert reference.returncode == 0, reference.stderr[-5000:]
 
-    command = [*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, "--output_dir", str(killed_dir), *steps)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    command = [
+        *LAUNCH,
+        *ONE_PROCESS,
+        *recipe_args(shared_data, tmp_path, "--output_dir", str(killed_dir), *steps, config=CONFIGS / config),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     while not (killed_dir / "checkpoint-10" / "checkpoint_complete").exists():
         assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
@@ -125,7 +174,9 @@ def test_bad_inputs_fail_with_clear_errors_before_training(shared_data, tmp_path
     }
     for name, (extra, message) in cases.items():
         output_dir = tmp_path / name.replace(" ", "_")
-        result = run([sys.executable, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir), *extra)])
+        result = run(
+            [sys.executable, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir), *extra)]
+        )
         assert result.returncode != 0, name
         assert message in result.stderr, (name, result.stderr[-2000:])
         assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "runs").exists(), name
@@ -134,7 +185,9 @@ def test_bad_inputs_fail_with_clear_errors_before_training(shared_data, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "config", sorted((REPO_ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_config_parses_and_names_its_launch_command(config):
     text = config.read_text()
     assert text.startswith("# ") and "accelerate launch" in text and f"recipes/configs/{config.name}" in text

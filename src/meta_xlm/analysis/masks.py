@@ -195,20 +195,36 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
+def centered_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a − mean a, b − mean b) (Pearson correlation): insensitive to an offset shared by all gates."""
+    return cosine(a - a.double().mean(), b - b.double().mean())
+
+
 def pi_similarity(pis: Mapping[str, torch.Tensor], layout: MaskLayout, pairs: Sequence[tuple[str, str]]) -> list[dict]:
-    """Fig. 4a: cosine similarity of π between two runs per layer and sublayer, plus their "all" layers value."""
+    """Fig. 4a: similarity of π between two runs per layer and sublayer, and over all layers ("all").
+
+    `cosine` is the paper's measure. `centered_cosine` subtracts each run's mean π first: when every gate of a
+    sublayer drifts the same way (the L0 penalty pushes all of them; Adam moves every coordinate at about the
+    same rate), the shared offset makes the plain cosine ≈ 1 for any pair, and only the centred one shows which
+    groups the languages rank differently.
+    """
     rows = []
     for first, second in pairs:
         for sublayer in layout.sublayers():
-            for layer in layout.layers():
-                index = layout.slices(layer, sublayer)
+            for layer in [*layout.layers(), "all"]:
+                chosen = layout.layers() if layer == "all" else [layer]
+                index = [s for chosen_layer in chosen for s in layout.slices(chosen_layer, sublayer)]
                 a = torch.cat([pis[first][s] for s in index])
                 b = torch.cat([pis[second][s] for s in index])
-                rows.append({"pair": f"{first}-{second}", "layer": layer, "sublayer": sublayer, "cosine": cosine(a, b)})
-            index = [s for layer in layout.layers() for s in layout.slices(layer, sublayer)]
-            a = torch.cat([pis[first][s] for s in index])
-            b = torch.cat([pis[second][s] for s in index])
-            rows.append({"pair": f"{first}-{second}", "layer": "all", "sublayer": sublayer, "cosine": cosine(a, b)})
+                rows.append(
+                    {
+                        "pair": f"{first}-{second}",
+                        "layer": layer,
+                        "sublayer": sublayer,
+                        "cosine": cosine(a, b),
+                        "centered_cosine": centered_cosine(a, b),
+                    }
+                )
     return rows
 
 
@@ -262,6 +278,8 @@ __all__ = [
     "GatedWeight",
     "MaskGroupSpec",
     "MaskLayout",
+    "centered_cosine",
+    "cosine",
     "extreme_groups",
     "fit_gates",
     "learn_language_mask",

@@ -36,21 +36,23 @@ def plot_gradient_conflict(rows: Sequence[Mapping], path: str | Path, segment: s
 
 
 def plot_mask_similarity(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Fig. 4a: cosine similarity of mask parameters π per layer; solid = attention, dashed = feed-forward."""
-    series = defaultdict(list)
-    for row in rows:
-        if row["layer"] != "all":
-            series[(row["pair"], row["sublayer"])].append((int(row["layer"]), float(row["cosine"])))
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    colors = {}
-    for (pair, sublayer), points in sorted(series.items()):
-        points.sort()
-        color = colors.setdefault(pair, f"C{len(colors)}")
-        style = "-" if sublayer == "attention" else "--"
-        axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color, marker="o", label=f"{pair} {sublayer}")
-    axis.set(xlabel="layer", ylabel="cosine similarity of π", title="Parameter similarity across layers")
-    axis.set_xticks(sorted({layer for points in series.values() for layer, _ in points}))
-    axis.legend(fontsize=8)
+    """Fig. 4a: similarity of mask parameters π per layer (left: cosine, the paper's measure; right: centred
+    cosine); solid = attention, dashed = feed-forward, one colour per pair of runs."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, metric in zip(axes, ("cosine", "centered_cosine")):
+        series = defaultdict(list)
+        for row in rows:
+            if row["layer"] != "all":
+                series[(row["pair"], row["sublayer"])].append((int(row["layer"]), float(row[metric])))
+        colors = {}
+        for (pair, sublayer), points in sorted(series.items()):
+            points.sort()
+            color = colors.setdefault(pair, f"C{len(colors)}")
+            style = "-" if sublayer == "attention" else "--"
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color, marker="o", label=f"{pair} {sublayer}")
+        axis.set(xlabel="layer", ylabel=f"{metric.replace('_', ' ')} of π", title=f"Parameter similarity ({metric.replace('_', ' ')})")
+        axis.set_xticks(sorted({layer for points in series.values() for layer, _ in points}))
+        axis.legend(fontsize=7)
     return _save(figure, path)
 
 

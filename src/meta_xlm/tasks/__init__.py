@@ -8,4 +8,6 @@
 - `metrics`: offline seqeval span F1, POS accuracy (= micro F1), MLQA-style SQuAD F1/EM, XNLI accuracy.
 - `reference`: the paper's per-language numbers (Tables 2, 3, 6, 7).
 - `tables`: results of several models in the paper's table layout (Markdown, CSV, JSON).
+- `finetuning`: Appendix A's protocol (epochs, grid, dev-set selection, per-epoch checkpoints) on the
+  transformers Trainer; recipes/finetune.py wires it, recipes/results_table.py wires `tables`.
 """

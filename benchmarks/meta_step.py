@@ -1,0 +1,195 @@
+"""Cost of one meta-adapter step (finite difference, exact, first order) against one plain +adpt step, in one run.
+
+A plain step is what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one
+single-language masked-LM batch. A meta step is what it does with meta_learning=True (Algorithm 1): lookahead
+gradient of θ, meta objective over one validation batch per language (each as large as the training batch, the
+trainer's default), hypergradient of φ_i, AdamW on φ_i, then the plain step with the new φ_i. Every mode runs in
+its own subprocess (its peak memory is its own), modes are interleaved over `--rounds`, and medians of all timed
+steps after `--warmup` are reported as ratios to the plain step measured in the same run.
+
+    .venv/bin/python benchmarks/meta_step.py                      # the issue's size (about 5 minutes on 2 cores)
+    .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
+
+Peak memory: growth of the subprocess's peak resident set size (getrusage ru_maxrss) over its resident size just
+before the first step — model, optimizer state, activations and the meta step's copies (θ', θ ± εg, g) — MiB.
+Breakdown: the meta step's phases timed separately (same functions `meta_step_gradients` calls, in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODES = ("plain", "first_order", "finite_difference", "exact")
+LANGUAGES = ["en", "te"]
+PHASES = ("lookahead_gradient", "meta_objective", "higher_order", "phi_update", "theta_step")
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_batch(language: int, args, generator):
+    import torch
+
+    input_ids = torch.randint(5, args.vocab, (args.batch, args.length), generator=generator)
+    masked = torch.rand(args.batch, args.length, generator=generator) < 0.15
+    return {
+        "input_ids": input_ids.masked_fill(masked, 4),
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": input_ids.masked_fill(~masked, -100),
+        "lang_ids": torch.full((args.batch,), language, dtype=torch.long),
+    }
+
+
+def measure(mode: str, args) -> dict:
+    """Runs in the subprocess: warm-up, then timed steps of one mode."""
+    import torch
+
+    from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+    from meta_xlm.meta import count_labels, lookahead, meta_objective_gradients, mixed_hessian_vector_product
+    from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = MetaXLMConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, intermediate_size=args.ffn, max_position_embeddings=args.length + 2,
+        languages=LANGUAGES, language_modules="adapters",
+    )
+    model = MetaXLMForMaskedLM(config).train()
+    groups = parameter_groups(model)
+    language_ids = {id(p) for params in groups.languages.values() for p in params.values()}
+    if mode == "plain":  # +adpt: one optimizer over everything
+        theta_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    else:
+        theta_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in language_ids], lr=1e-4)
+        phi_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) in language_ids], lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    train_batches = [make_batch(step % 2, args, generator) for step in range(4)]
+    val_batches = {code: make_batch(k, args, generator) for k, code in enumerate(LANGUAGES)}
+    val_num_items = {code: count_labels([b]) for code, b in val_batches.items()}
+
+    rss_before = current_rss_mib()
+    totals, phases = [], {phase: [] for phase in PHASES}
+    for step in range(args.warmup + args.steps):
+        batch = train_batches[step % len(train_batches)]
+        language = LANGUAGES[int(batch["lang_ids"][0])]
+        marks = [time.perf_counter()]
+        if mode != "plain":
+            shared, phi = groups.shared, groups.languages[language]
+            num_items = count_labels([batch])
+            # Eq. 3: lookahead gradient of θ (the trainer uses the same functions through meta_step_gradients).
+            loss = model(**batch, num_items_in_batch=num_items).loss
+            gradient = dict(zip(shared, torch.autograd.grad(loss, list(shared.values()))))
+            theta_prime = lookahead(shared, gradient, 1e-4)
+            del gradient, loss
+            marks.append(time.perf_counter())
+            outer, direct, _ = meta_objective_gradients(model, val_batches, theta_prime, language, phi, val_num_items)
+            del theta_prime
+            marks.append(time.perf_counter())
+            higher = mixed_hessian_vector_product(
+                model, [batch], shared, phi, outer, num_items, [step], mode, fd_epsilon=0.01
+            )
+            marks.append(time.perf_counter())
+            for name, param in phi.items():  # Eq. 4, then φ_i's own AdamW
+                param.grad = direct[name] - 1e-4 * higher[name]
+            phi_optimizer.step()
+            phi_optimizer.zero_grad(set_to_none=True)
+            del outer, direct, higher
+            marks.append(time.perf_counter())
+        loss = model(**batch).loss  # Eq. 5 (plain: the whole +adpt step)
+        loss.backward()
+        theta_optimizer.step()
+        theta_optimizer.zero_grad(set_to_none=True)
+        for param in model.parameters():
+            param.grad = None
+        marks.append(time.perf_counter())
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{mode}: non-finite loss {loss.item()}")
+        if step >= args.warmup:
+            totals.append(marks[-1] - marks[0])
+            if mode != "plain":
+                for phase, start, end in zip(PHASES, marks, marks[1:]):
+                    phases[phase].append(end - start)
+    return {"seconds": totals, "phases": phases, "peak_mib": peak_rss_mib() - rss_before}
+
+
+def run_subprocess(mode: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", mode, *args.passthrough]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per subprocess (median over all)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.passthrough = [
+        f"--{key}={getattr(args, key)}"
+        for key in ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
+    ]
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args)))
+        return
+    collected = {mode: {"seconds": [], "peak_mib": [], "phases": {p: [] for p in PHASES}} for mode in MODES}
+    for round_index in range(args.rounds):
+        for mode in MODES:
+            print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
+            result = run_subprocess(mode, args)
+            collected[mode]["seconds"] += result["seconds"]
+            collected[mode]["peak_mib"].append(result["peak_mib"])
+            for phase in PHASES:
+                collected[mode]["phases"][phase] += result["phases"][phase]
+
+    time_of = {mode: statistics.median(collected[mode]["seconds"]) for mode in MODES}
+    peak_of = {mode: max(collected[mode]["peak_mib"]) for mode in MODES}
+    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
+          f"FFN {args.ffn}, vocab {args.vocab}, {len(LANGUAGES)} languages (validation batch per language = "
+          f"training batch), {args.threads} threads, fp32, median of {args.steps * args.rounds} steps")
+    print(f"{'mode':<18} {'s/step':>8} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
+    for mode in MODES:
+        print(f"{mode:<18} {time_of[mode]:>8.3f} {time_of[mode] / time_of['plain']:>8.2f} "
+              f"{peak_of[mode]:>9.0f} {peak_of[mode] / peak_of['plain']:>8.2f}")
+    print("\nbreakdown of a meta step (median seconds, in units of one plain step):")
+    print(f"{'mode':<18} " + " ".join(f"{phase:>19}" for phase in PHASES))
+    for mode in MODES[1:]:
+        cells = [statistics.median(collected[mode]["phases"][phase]) for phase in PHASES]
+        print(f"{mode:<18} " + " ".join(f"{c:>8.3f} ({c / time_of['plain']:>5.2f}x)  " for c in cells))
+    print()
+    print(f"finite_difference time / plain (target <= 4.0): {time_of['finite_difference'] / time_of['plain']:.2f}")
+    print(f"finite_difference peak / plain (target <= 1.3): {peak_of['finite_difference'] / peak_of['plain']:.2f}")
+    print(f"exact time / finite_difference (target <= 1.5): {time_of['exact'] / time_of['finite_difference']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Convert an XLMRobertaForMaskedLM checkpoint (e.g. xlm-roberta-base) into a MetaXLMForMaskedLM with new
+language-specific modules, to continue pretraining (e.g. with meta adapters) from a strong start.
+
+    python recipes/convert_xlmr.py --source FacebookAI/xlm-roberta-base --output_dir runs/xlmr-en-te-adpt \
+        --languages en te --language_modules adapters
+
+New adapters have their output projection zero-initialised (and new ffn/attention copies equal the shared
+weights), so the converted model computes exactly what the source computes. Weights are read from safetensors only
+unless --allow_pickle is given. Writes the model, the source's tokenizer, convert_config.yaml and README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser
+
+from meta_xlm.convert import convert_xlmr
+from meta_xlm.model_card import write_model_card
+
+
+@dataclass
+class ConvertXLMRArguments:
+    source: str = field(metadata={"help": "folder or Hub id of an XLMRobertaForMaskedLM checkpoint"})
+    output_dir: str = field(metadata={"help": "where the MetaXLMForMaskedLM is written"})
+    languages: list[str] = field(metadata={"help": "language codes of the new model, in lang_ids order"})
+    language_modules: str = field(default="adapters", metadata={"help": "none | ffn | attention | adapters"})
+    shared_adapters: bool = field(default=False, metadata={"help": "one adapter shared by all languages"})
+    adapter_reduction_factor: int = field(
+        default=4, metadata={"help": "adapter bottleneck = hidden / factor"}
+    )
+    default_language: str | None = field(
+        default=None, metadata={"help": "language used when lang_ids is omitted"}
+    )
+    seed: int = field(default=0, metadata={"help": "draws the new adapters' down-projections"})
+    revision: str | None = field(default=None, metadata={"help": "revision of a Hub source"})
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "accept pytorch_model.bin weights (unpickling)"}
+    )
+
+
+def main(argv: list[str]) -> None:
+    (args,) = HfArgumentParser(ConvertXLMRArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model = convert_xlmr(
+        args.source,
+        args.languages,
+        args.language_modules,
+        shared_adapters=args.shared_adapters,
+        adapter_reduction_factor=args.adapter_reduction_factor,
+        default_language=args.default_language,
+        seed=args.seed,
+        allow_pickle=args.allow_pickle,
+        revision=args.revision,
+    )
+    output_dir = Path(args.output_dir)
+    model.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(args.source, revision=args.revision).save_pretrained(output_dir)
+    (output_dir / "convert_config.yaml").write_text(
+        yaml.safe_dump(asdict(args), sort_keys=False), encoding="utf-8"
+    )
+    write_model_card(output_dir, base_model=None if Path(args.source).exists() else args.source)
+    logging.getLogger("convert_xlmr").info("wrote %s", output_dir)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,450 @@
+"""MetaXLMTrainer: transformers' Trainer plus the paper's bilevel meta-adapter step (Algorithm 1).
+
+Data contract (what `meta_xlm.data` provides, what recipes pass in)
+--------------------------------------------------------------------
+- `train_dataset`: a map-style dataset (`datasets.Dataset` or torch `Dataset`) of examples with `input_ids`
+  (list[int], one block) and `lang_ids` (int, index into `config.languages`), all languages in one dataset.
+- `data_collator`: list of examples -> {input_ids (B, T), attention_mask (B, T), labels (B, T; -100 where not
+  predicted), lang_ids (B,)}. It is used for training and for the meta validation batches.
+- `language_sampling_probs`: {language code: probability}; uniform over the languages present when None.
+- `meta_validation_datasets`: {language code: dataset of the same kind}, the held-out split; required with
+  `meta_learning=True`, for every language that has language-specific parameters.
+
+Sampling
+--------
+When `meta_learning=True` or `language_sampling_probs` is given, training batches come from
+`LanguageBatchSampler`: per optimizer step it draws one language (seeded generator, `seed` + epoch) and yields
+`gradient_accumulation_steps × num_processes` batches of that language. accelerate's `BatchSamplerShard` hands
+consecutive batches to consecutive ranks, so every rank and every micro-batch of one optimizer step sees the same
+language, and the global batch of a step is one contiguous run of that language's shuffled examples (the same
+examples whatever the number of processes or accumulation steps). The order depends only on (seed, epoch), so
+the Trainer's batch skipping on resume reproduces it.
+
+Validation batches for the meta objective are a deterministic function of (seed, language, global step):
+`MetaValidationBatches` cycles through seeded permutations of each language's validation set, independent of
+the training sampler; each rank takes its slice of the global validation batch, and collation runs under a
+forked RNG seeded from the same triple, so masking does not depend on (or disturb) the training RNG stream.
+
+One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.meta`)
+-----------------------------------------------------------------------------------
+At the first micro-batch of the step, on the unwrapped model, over ALL micro-batches of the step (the Trainer
+prefetches them): lookahead θ' = θ − β ∇_θ L_train^i (β = current θ learning rate), meta objective over every
+language's validation batch, hypergradient of φ_i; gradients are taken with `torch.autograd.grad` and summed
+across processes explicitly. φ_i is clipped (`max_grad_norm`) and updated by its own AdamW (rate α =
+`meta_learning_rate`, its own schedule of the same type). Then every micro-batch runs the Trainer's ordinary
+forward/backward through DDP with the NEW φ_i (Eq. 5), and θ's optimizer (which holds no language-specific
+parameter) steps. Gradient accumulation therefore gives the same update as one batch of the accumulated size:
+the meta step sees the whole optimizer-step batch, normalised by its total label count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import Trainer, TrainingArguments
+from transformers.optimization import get_scheduler
+
+from .meta import HYPERGRADIENT_METHODS, check_method, count_labels, meta_step_gradients
+from .modeling_meta_xlm import parameter_groups
+
+META_OPTIMIZER_NAME = "meta_optimizer.pt"
+
+
+@dataclass
+class MetaXLMTrainingArguments(TrainingArguments):
+    meta_learning: bool = field(
+        default=False, metadata={"help": "train language-specific parameters as meta-parameters (+meta adpt)"}
+    )
+    hypergradient: str = field(
+        default="finite_difference", metadata={"help": f"one of {HYPERGRADIENT_METHODS} (Eq. 8 / exact / dropped)"}
+    )
+    meta_learning_rate: float | None = field(
+        default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
+    )
+    fd_epsilon: float = field(default=0.01, metadata={"help": "finite-difference step: ε = fd_epsilon / ‖g‖"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_method(self.hypergradient)
+        if self.fd_epsilon <= 0:
+            raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
+
+    @property
+    def meta_lr(self) -> float:
+        return self.learning_rate if self.meta_learning_rate is None else self.meta_learning_rate
+
+
+def _lang_ids_of(dataset) -> list[int]:
+    if hasattr(dataset, "column_names"):
+        if "lang_ids" not in dataset.column_names:
+            raise ValueError(f"the training dataset has no 'lang_ids' column (columns: {dataset.column_names})")
+        return [int(i) for i in dataset["lang_ids"]]
+    lang_ids = []
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if "lang_ids" not in example:
+            raise ValueError(f"training example {index} has no 'lang_ids' (keys: {sorted(example)})")
+        lang_ids.append(int(example["lang_ids"]))
+    return lang_ids
+
+
+class LanguageBatchSampler(Sampler[list[int]]):
+    """Single-language batches: one language per optimizer step, `batches_per_step` batches of it.
+
+    Args:
+        lang_ids: the language id of every example of the dataset.
+        languages: `config.languages` (the codes `lang_ids` index).
+        batch_size: examples per batch (per device).
+        batches_per_step: gradient_accumulation_steps × num_processes.
+        probabilities: {code: p}; uniform over the languages present when None.
+        seed: with the epoch, fixes the whole order.
+    """
+
+    drop_last = True  # every batch is full: accelerate's BatchSamplerShard need not wrap around
+
+    def __init__(
+        self,
+        lang_ids: Sequence[int],
+        languages: Sequence[str],
+        batch_size: int,
+        batches_per_step: int,
+        probabilities: Mapping[str, float] | None,
+        seed: int,
+    ):
+        self.batch_size = batch_size
+        self.batches_per_step = batches_per_step
+        self.seed = seed
+        self.epoch = 0
+        ids = torch.as_tensor(list(lang_ids), dtype=torch.long)
+        self.indices = {code: (ids == k).nonzero().squeeze(1) for k, code in enumerate(languages)}
+        self.indices = {code: idx for code, idx in self.indices.items() if len(idx) > 0}
+        if probabilities is None:
+            probabilities = {code: 1.0 for code in self.indices}
+        unknown = sorted(set(probabilities) - set(languages))
+        if unknown:
+            raise ValueError(f"language_sampling_probs names {unknown}, not in config.languages={list(languages)}")
+        empty = sorted(code for code, p in probabilities.items() if p > 0 and code not in self.indices)
+        if empty:
+            raise ValueError(f"language_sampling_probs gives languages {empty} a probability but they have no examples")
+        self.codes = [code for code in languages if probabilities.get(code, 0) > 0]
+        weights = torch.tensor([float(probabilities[code]) for code in self.codes], dtype=torch.float64)
+        self.weights = weights / weights.sum()
+        self.num_steps = len(ids) // (batch_size * batches_per_step)
+        if self.num_steps == 0:
+            raise ValueError(
+                f"{len(ids)} training examples make no optimizer step of {batch_size} × {batches_per_step} examples"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_steps * self.batches_per_step
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        streams = {code: _cycled_permutation(idx, generator) for code, idx in self.indices.items()}
+        step_size = self.batch_size * self.batches_per_step
+        for _ in range(self.num_steps):
+            code = self.codes[int(torch.multinomial(self.weights, 1, generator=generator))]
+            block = [next(streams[code]) for _ in range(step_size)]
+            for start in range(0, step_size, self.batch_size):
+                yield block[start : start + self.batch_size]
+
+
+def _cycled_permutation(indices: torch.Tensor, generator: torch.Generator):
+    while True:
+        yield from indices[torch.randperm(len(indices), generator=generator)].tolist()
+
+
+class MetaValidationBatches:
+    """Validation batch of every language at every optimizer step, a pure function of (seed, language, step).
+
+    The global batch of `batch_size × num_processes` examples is position `step` of a stream of seeded
+    permutations (one per pass over the language's validation set); process r takes rows [r·B, (r+1)·B).
+    """
+
+    def __init__(self, datasets: Mapping[str, object], collator, batch_size: int, seed: int,
+                 num_processes: int = 1, process_index: int = 0):
+        empty = sorted(code for code, dataset in datasets.items() if len(dataset) == 0)
+        if empty:
+            raise ValueError(f"meta_validation_datasets has empty datasets for {empty}")
+        self.datasets, self.collator, self.batch_size, self.seed = dict(datasets), collator, batch_size, seed
+        self.num_processes, self.process_index = num_processes, process_index
+        self._permutations: dict[tuple[str, int], list[int]] = {}
+
+    def _permutation(self, code: str, language_index: int, epoch: int) -> list[int]:
+        key = (code, epoch)
+        if key not in self._permutations:
+            if len(self._permutations) > 4 * len(self.datasets):
+                self._permutations.clear()
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * language_index + epoch)
+            self._permutations[key] = torch.randperm(len(self.datasets[code]), generator=generator).tolist()
+        return self._permutations[key]
+
+    def indices(self, code: str, step: int) -> list[int]:
+        language_index = list(self.datasets).index(code)
+        size = len(self.datasets[code])
+        global_size = self.batch_size * self.num_processes
+        first = step * global_size + self.process_index * self.batch_size
+        positions = range(first, first + self.batch_size)
+        return [self._permutation(code, language_index, p // size)[p % size] for p in positions]
+
+    def batch(self, code: str, step: int) -> dict[str, torch.Tensor]:
+        dataset = self.datasets[code]
+        examples = [dataset[i] for i in self.indices(code, step)]
+        language_index = list(self.datasets).index(code)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + 104_729 * (language_index + 1) + step)
+            return self.collator(examples)
+
+    def batches(self, step: int) -> dict[str, dict[str, torch.Tensor]]:
+        return {code: self.batch(code, step) for code in self.datasets}
+
+
+class MetaXLMTrainer(Trainer):
+    """Trainer for every MetaXLM pretraining variant; `meta_learning=True` adds Algorithm 1's meta step.
+
+    Args (beyond `Trainer`'s):
+        language_sampling_probs: {language code: probability of a training step in that language}.
+        meta_validation_datasets: {language code: held-out dataset} for the meta objective M.
+    """
+
+    def __init__(
+        self,
+        *args,
+        language_sampling_probs: Mapping[str, float] | None = None,
+        meta_validation_datasets: Mapping[str, object] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.language_sampling_probs = language_sampling_probs
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self.meta_lr_scheduler = None
+        self._pending_step: tuple[list, torch.Tensor | int | None] | None = None
+        self._meta_loss_total, self._meta_loss_count = 0.0, 0
+        self.meta_validation = None
+        if self.meta_learning:
+            self.meta_validation = self._build_meta_validation(meta_validation_datasets)
+
+    @property
+    def meta_learning(self) -> bool:
+        return isinstance(self.args, MetaXLMTrainingArguments) and self.args.meta_learning
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _language_parameters(self) -> dict[str, dict[str, torch.nn.Parameter]]:
+        return parameter_groups(self.accelerator.unwrap_model(self.model)).languages
+
+    def _build_meta_validation(self, datasets: Mapping[str, object] | None) -> MetaValidationBatches:
+        languages_with_params = [code for code, params in self._language_parameters().items() if params]
+        if not languages_with_params:
+            raise ValueError(
+                "meta_learning=True needs language-specific parameters (config.language_modules='adapters' "
+                "with shared_adapters=False, or 'ffn'/'attention'); this model has none"
+            )
+        if datasets is None:
+            raise ValueError("meta_learning=True needs meta_validation_datasets={language: held-out dataset}")
+        missing = [code for code in languages_with_params if code not in datasets]
+        if missing:
+            raise ValueError(
+                f"meta_validation_datasets has no validation data for languages {missing} "
+                f"(given: {sorted(datasets)}); the meta objective needs every language"
+            )
+        prepared = {}
+        for code in languages_with_params:
+            dataset = datasets[code]
+            if hasattr(dataset, "column_names"):
+                dataset = self._remove_unused_columns(dataset, description=f"meta validation ({code})")
+            prepared[code] = dataset
+        return MetaValidationBatches(
+            # As many validation examples per language as training examples per optimizer step (per device).
+            prepared, self.data_collator,
+            self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps, self.args.seed,
+            self.args.world_size, self.args.process_index,
+        )
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not self.meta_learning and self.language_sampling_probs is None:
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        if dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        lang_ids = _lang_ids_of(dataset)
+        if hasattr(dataset, "column_names"):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        sampler = LanguageBatchSampler(
+            lang_ids,
+            self.accelerator.unwrap_model(self.model).config.languages,
+            self._train_batch_size,
+            self.args.gradient_accumulation_steps * self.args.world_size,
+            self.language_sampling_probs,
+            self.args.seed,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """θ's optimizer as the Trainer builds it, minus every language-specific parameter (meta_learning), plus
+        φ's own AdamW."""
+        optimizer = super().create_optimizer(model)
+        if not self.meta_learning or self.meta_optimizer is not None:
+            return optimizer
+        language_params = [p for params in self._language_parameters().values() for p in params.values()]
+        language_ids = {id(p) for p in language_params}
+        for group in optimizer.param_groups:  # no step has run: the state is empty, so regrouping is safe
+            group["params"] = [p for p in group["params"] if id(p) not in language_ids]
+        decay_names = set(self.get_decay_parameter_names(self.accelerator.unwrap_model(self.model)))
+        named = [(n, p) for params in self._language_parameters().values() for n, p in params.items()]
+        self.meta_optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for n, p in named if n in decay_names], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
+            ],
+            lr=self.args.meta_lr,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+        )
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        creating = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.meta_learning and creating:
+            self.meta_lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=self.meta_optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+        return scheduler
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.meta_learning and batch_samples:
+            self._pending_step = (batch_samples, num_items_in_batch)
+        return batch_samples, num_items_in_batch
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        if not self.meta_learning:
+            return super().training_step(model, inputs, num_items_in_batch)
+        if self._pending_step is not None:  # first micro-batch of an optimizer step
+            batches, step_num_items = self._pending_step
+            self._pending_step = None
+            self.meta_update(model, batches, step_num_items)
+        loss = super().training_step(model, inputs, num_items_in_batch)  # Eq. 5 with the new φ_i, through DDP
+        for params in self._language_parameters().values():
+            for param in params.values():
+                param.grad = None  # φ is φ's optimizer's business: keep it out of θ's clipping norm
+        return loss
+
+    def _batch_language(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
+        languages = self.accelerator.unwrap_model(model=self.model).config.languages
+        ids = set()
+        for batch in batches:
+            if "lang_ids" not in batch:
+                raise ValueError(f"a training batch has no 'lang_ids' (keys: {sorted(batch)}); the meta step "
+                                 "needs the language of every batch")
+            ids.update(int(i) for i in batch["lang_ids"].unique())
+        if len(ids) != 1:
+            raise ValueError(f"the meta step needs single-language optimizer steps, got languages "
+                             f"{sorted(languages[i] for i in ids)}: train with LanguageBatchSampler")
+        return languages[ids.pop()]
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.args.world_size <= 1:
+            return tensor
+        # Matches the θ path: with average_tokens_across_devices the loss is normalised by the global label
+        # count, so per-process gradients add up; otherwise each process normalises locally and DDP averages.
+        reduction = "sum" if self.args.average_tokens_across_devices else "mean"
+        return self.accelerator.reduce(tensor, reduction=reduction)
+
+    def meta_update(self, model, batches: list, num_items_in_batch) -> None:
+        """Algorithm 1 lines 3-6 for the optimizer step whose micro-batches are `batches`: update φ_i only."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        batches = [self._prepare_inputs(batch) for batch in batches]
+        language = self._batch_language(batches)
+        val_batches = {
+            code: self._prepare_inputs(batch)
+            for code, batch in self.meta_validation.batches(self.state.global_step).items()
+        }
+        val_num_items = {code: self._count_all(count_labels([b])) for code, b in val_batches.items()}
+        train_num_items = num_items_in_batch
+        if train_num_items is None:
+            train_num_items = self._count_all(count_labels(batches))
+        unwrapped.train()
+        with self.compute_loss_context_manager(), self.accelerator.autocast():
+            step = meta_step_gradients(
+                unwrapped, batches, val_batches, language,
+                lookahead_lr=self._get_learning_rate(),  # β: the rate θ's own update will use (Eq. 3 and 5)
+                method=self.args.hypergradient,
+                fd_epsilon=self.args.fd_epsilon,
+                train_num_items=train_num_items,
+                val_num_items=val_num_items,
+                all_reduce_sum=self._all_reduce_sum,
+            )
+        self._apply_meta_gradient(parameter_groups(unwrapped).languages[language], step.hypergradient)
+        self._meta_loss_total += float(step.meta_loss)
+        self._meta_loss_count += 1
+
+    def _count_all(self, count: torch.Tensor) -> torch.Tensor:
+        count = torch.as_tensor(count, device=self.args.device)
+        return self.accelerator.reduce(count, reduction="sum") if self.args.world_size > 1 else count
+
+    def _apply_meta_gradient(self, params: Mapping[str, torch.nn.Parameter], grads: Mapping[str, torch.Tensor]):
+        """φ_i ← GradientUpdate(φ_i, ∇_{φ_i} M) with rate α (Algorithm 1 line 6): only φ_i has a gradient, so the
+        AdamW step leaves every other language's parameters and moments untouched."""
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()]))
+            scale = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
+            grads = {name: g * scale for name, g in grads.items()}
+        for name, param in params.items():
+            param.grad = grads[name].to(param.dtype)
+        self.meta_optimizer.step()
+        for param in params.values():
+            param.grad = None
+        self.meta_lr_scheduler.step()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.meta_learning and self._meta_loss_count and "loss" in logs:
+            logs["meta_loss"] = round(self._meta_loss_total / self._meta_loss_count, 4)
+            logs["meta_learning_rate"] = self.meta_lr_scheduler.get_last_lr()[0]
+            self._meta_loss_total, self._meta_loss_count = 0.0, 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.meta_learning and self.args.should_save:
+            state = {"optimizer": self.meta_optimizer.state_dict(), "scheduler": self.meta_lr_scheduler.state_dict()}
+            torch.save(state, os.path.join(output_dir, META_OPTIMIZER_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or not self.meta_learning:
+            return
+        path = os.path.join(checkpoint, META_OPTIMIZER_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing: cannot resume meta_learning=True without φ's optimizer state")
+        state = torch.load(path, map_location=self.args.device, weights_only=True)
+        self.meta_optimizer.load_state_dict(state["optimizer"])
+        self.meta_lr_scheduler.load_state_dict(state["scheduler"])
+
+
+__all__ = [
+    "LanguageBatchSampler",
+    "MetaValidationBatches",
+    "MetaXLMTrainer",
+    "MetaXLMTrainingArguments",
+]

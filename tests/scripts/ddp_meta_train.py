@@ -1,0 +1,23 @@
+"""Train the tiny meta-adapter model for 3 steps and save every rank's parameters (used by test_trainer.py).
+
+Usage: [accelerate launch ...] ddp_meta_train.py OUTPUT_DIR PER_DEVICE_BATCH_SIZE
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from meta_setup import make_trainer  # noqa: E402
+
+
+def main(output_dir: str, batch_size: int) -> None:
+    trainer = make_trainer(output_dir, max_steps=3, per_device_train_batch_size=batch_size, max_grad_norm=1.0)
+    trainer.train()
+    params = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    torch.save(params, Path(output_dir) / f"params_rank{trainer.args.process_index}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

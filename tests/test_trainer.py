@@ -1,0 +1,192 @@
+"""MetaXLMTrainer: Algorithm 1 inside transformers' Trainer (φ_i only, θ with the new φ_i, GA, resume, DDP)."""
+
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, tiny_model  # noqa: E402
+
+from meta_xlm.modeling_meta_xlm import parameter_groups  # noqa: E402
+from meta_xlm.trainer import LanguageBatchSampler, MetaXLMTrainingArguments  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_meta_step_moves_only_phi_i_and_theta_uses_the_new_phi_i(tmp_path):
+    train = blocks({"te": 4}, seed=3)
+    trainer = make_trainer(tmp_path, train=train, max_steps=1, per_device_train_batch_size=4, optim="sgd",
+                           learning_rate=0.05, meta_learning_rate=0.01)
+    model = trainer.model
+    before = snapshot(model)
+    trainer.train()
+    groups = parameter_groups(model)
+    for code in ("en", "pt"):
+        for name in groups.languages[code]:
+            assert torch.equal(model.get_parameter(name), before[name]), name  # φ_j untouched, bit for bit
+    for name in groups.languages["te"]:
+        assert not torch.equal(model.get_parameter(name), before[name]), name
+    # θ by hand: one SGD step on the same batch with φ_te already at its NEW value (Eq. 5).
+    reference = tiny_model()
+    reference.load_state_dict({**before, **{n: model.get_parameter(n).detach() for n in groups.languages["te"]}},
+                              strict=False)  # tied decoder weights follow the embeddings
+    batch = deterministic_collator([train[i] for i in range(4)])
+    ref_groups = parameter_groups(reference)
+    grads = torch.autograd.grad(reference(**batch).loss, list(ref_groups.shared.values()))
+    for (name, param), grad in zip(ref_groups.shared.items(), grads):
+        torch.testing.assert_close(model.get_parameter(name), param.detach() - 0.05 * grad, rtol=1e-6, atol=1e-9)
+    # ... and not with the old φ_te: the difference is visible.
+    old = tiny_model()
+    old.load_state_dict(before, strict=False)
+    old_grad = torch.autograd.grad(old(**batch).loss, [old.get_parameter(n) for n in ref_groups.shared])
+    assert any(not torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(grads, old_grad))
+
+
+def test_theta_optimizer_holds_no_language_parameter(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, per_device_train_batch_size=4)
+    trainer.create_optimizer()
+    language_ids = {id(p) for ps in parameter_groups(trainer.model).languages.values() for p in ps.values()}
+    theta_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    meta_ids = {id(p) for group in trainer.meta_optimizer.param_groups for p in group["params"]}
+    assert not theta_ids & language_ids and meta_ids == language_ids
+    assert len(theta_ids) == len(parameter_groups(trainer.model).shared)
+
+
+def test_gradient_accumulation_equals_the_doubled_batch(tmp_path):
+    """GA=2 × 4 and GA=1 × 8 see the same examples per step (LanguageBatchSampler) and must end equal; float64,
+    tolerance 1e-9 absolute (the model's loss is computed in float32: ~1e-7 relative per step)."""
+    finals = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        trainer = make_trainer(tmp_path / f"ga{accumulation}", max_steps=3, per_device_train_batch_size=batch_size,
+                               gradient_accumulation_steps=accumulation, max_grad_norm=1.0)
+        trainer.train()
+        finals.append(snapshot(trainer.model))
+    start = snapshot(tiny_model())
+    for name in finals[0]:
+        torch.testing.assert_close(finals[1][name], finals[0][name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(not torch.equal(finals[0][n], start[n]) for n in finals[0])
+
+
+def test_resume_reproduces_the_loss_sequence(tmp_path):
+    args = dict(max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    full = make_trainer(tmp_path / "full", **args)
+    full.train()
+    assert os.path.isfile(tmp_path / "full" / "checkpoint-2" / "meta_optimizer.pt")
+    resumed = make_trainer(tmp_path / "full", model=tiny_model(seed=123), **args)  # weights come from the checkpoint
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+
+    def losses_after_step_2(trainer):
+        history = trainer.state.log_history
+        return [(e["step"], e["loss"], e["meta_loss"]) for e in history if "loss" in e and e["step"] > 2]
+
+    assert len(losses_after_step_2(full)) == 2
+    assert losses_after_step_2(resumed) == losses_after_step_2(full)
+    final_full, final_resumed = snapshot(full.model), snapshot(resumed.model)
+    for name in final_full:
+        assert torch.equal(final_full[name], final_resumed[name]), name
+
+
+def test_no_memory_growth_over_50_meta_steps(tmp_path):
+    counts = []
+
+    class CountTensors(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % 5 == 0:
+                gc.collect()
+                counts.append(sum(1 for o in gc.get_objects() if torch.is_tensor(o)))
+
+    trainer = make_trainer(tmp_path, max_steps=50, per_device_train_batch_size=2, logging_steps=10,
+                           model=tiny_model(torch.float32))
+    trainer.add_callback(CountTensors())
+    trainer.train()
+    assert len(counts) == 10
+    assert max(counts[1:]) <= counts[1], counts  # nothing retained step after step (no leaked graph)
+    assert all(p.grad is None or p.grad.grad_fn is None for p in trainer.model.parameters())
+
+
+def test_language_batch_sampler_gives_one_language_per_step_for_every_rank():
+    lang_ids = [0] * 30 + [1] * 30 + [2] * 30
+    sampler = LanguageBatchSampler(lang_ids, LANGUAGES, batch_size=3, batches_per_step=4, probabilities=None, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 90 // 12 * 4
+    for step in range(0, len(batches), 4):
+        languages = {lang_ids[i] for batch in batches[step : step + 4] for i in batch}
+        assert len(languages) == 1
+        assert sum(len(batch) for batch in batches[step : step + 4]) == 12
+    assert list(sampler) == batches  # a function of (seed, epoch): resume reproduces it
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    only_te = LanguageBatchSampler(lang_ids, LANGUAGES, 3, 4, {"te": 1.0, "en": 0.0}, seed=1)
+    assert all(lang_ids[i] == 1 for batch in only_te for i in batch)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="'second_order' is not one of"):
+        MetaXLMTrainingArguments(output_dir=str(tmp_path), hypergradient="second_order", use_cpu=True)
+    with pytest.raises(ValueError, match=r"no validation data for languages \['pt'\]"):
+        make_trainer(tmp_path, validation={code: blocks({code: 4}, seed=0) for code in ("en", "te")})
+    no_lang = blocks({"en": 8}, seed=0).remove_columns("lang_ids")
+    trainer = make_trainer(tmp_path, train=no_lang, max_steps=1, per_device_train_batch_size=4)
+    with pytest.raises(ValueError, match="no 'lang_ids' column"):
+        trainer.train()
+    with pytest.raises(ValueError, match="has no 'lang_ids'"):
+        trainer._batch_language([{"input_ids": torch.zeros(2, 3, dtype=torch.long)}])
+    with pytest.raises(ValueError, match="needs language-specific parameters"):
+        model = tiny_model()
+        model.config.language_modules = "none"
+        from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
+
+        make_trainer(tmp_path, model=MetaXLMForMaskedLM(model.config))
+
+
+def test_meta_learning_false_is_the_plain_trainer_step(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    finals = []
+    for trainer_class in ("meta", "plain"):
+        model = tiny_model()
+        train = blocks({"en": 16}, seed=2)
+        args = dict(output_dir=str(tmp_path / trainer_class), use_cpu=True, report_to="none", max_steps=2,
+                    per_device_train_batch_size=4, seed=3, disable_tqdm=True, dataloader_pin_memory=False)
+        if trainer_class == "meta":
+            trainer = make_trainer(tmp_path / "meta", model=model, train=train, meta_learning=False, max_steps=2,
+                                   per_device_train_batch_size=4, seed=3, learning_rate=5e-5,
+                                   lr_scheduler_type="linear", max_grad_norm=1.0)
+        else:
+            trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=train,
+                              data_collator=deterministic_collator)
+        trainer.train()
+        finals.append(snapshot(trainer.model))
+    for name in finals[0]:
+        assert torch.equal(finals[0][name], finals[1][name]), name
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """2 CPU processes (per-device batch 4) vs 1 process (batch 8) over the same global batches, 3 meta steps with
+    finite differences: ranks end bit-identical; vs one process within 1e-6 relative (float64 model, float32 loss;
+    the all-reduce sums in another order)."""
+    script = REPO / "tests" / "scripts" / "ddp_meta_train.py"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], check=True, env=env, timeout=300)
+    rank0 = torch.load(tmp_path / "ddp" / "params_rank0.pt")
+    rank1 = torch.load(tmp_path / "ddp" / "params_rank1.pt")
+    single = torch.load(tmp_path / "single" / "params_rank0.pt")
+    start = snapshot(tiny_model())
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], single[name], rtol=1e-6, atol=1e-8, msg=name)
+    assert any(not torch.equal(rank0[n], start[n]) for n in rank0)
