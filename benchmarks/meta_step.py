@@ -128,7 +128,7 @@ def measure(mode: str, args) -> dict:
 
 def run_subprocess(mode: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", mode, *args.passthrough]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # stderr is reported below
     if result.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

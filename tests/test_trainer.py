@@ -11,10 +11,10 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, tiny_model  # noqa: E402
+from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, tiny_model
 
-from meta_xlm.modeling_meta_xlm import parameter_groups  # noqa: E402
-from meta_xlm.trainer import LanguageBatchSampler, MetaXLMTrainingArguments  # noqa: E402
+from meta_xlm.modeling_meta_xlm import parameter_groups
+from meta_xlm.trainer import LanguageBatchSampler, MetaXLMTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_gradient_accumulation_equals_the_doubled_batch(tmp_path):
 
 
 def test_resume_reproduces_the_loss_sequence(tmp_path):
-    args = dict(max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+    args = {"max_steps": 4, "per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 2}
     full = make_trainer(tmp_path / "full", **args)
     full.train()
     assert os.path.isfile(tmp_path / "full" / "checkpoint-2" / "meta_optimizer.pt")
@@ -96,6 +96,20 @@ def test_resume_reproduces_the_loss_sequence(tmp_path):
         assert torch.equal(final_full[name], final_resumed[name]), name
 
 
+def test_bf16_autocast_meta_steps(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, per_device_train_batch_size=4, bf16=True, max_grad_norm=1.0,
+                           model=tiny_model(torch.float32), probs={"te": 1.0})
+    before = snapshot(trainer.model)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    groups = parameter_groups(trainer.model)
+    for code in ("en", "pt"):
+        assert all(torch.equal(trainer.model.get_parameter(n), before[n]) for n in groups.languages[code])
+    assert all(not torch.equal(trainer.model.get_parameter(n), before[n]) for n in groups.languages["te"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay float32
+
+
 def test_no_memory_growth_over_50_meta_steps(tmp_path):
     counts = []
 
@@ -103,7 +117,8 @@ def test_no_memory_growth_over_50_meta_steps(tmp_path):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % 5 == 0:
                 gc.collect()
-                counts.append(sum(1 for o in gc.get_objects() if torch.is_tensor(o)))
+                # type() rather than isinstance: isinstance on some lazy module proxies is slow and warns
+                counts.append(sum(1 for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter)))
 
     trainer = make_trainer(tmp_path, max_steps=50, per_device_train_batch_size=2, logging_steps=10,
                            model=tiny_model(torch.float32))
@@ -156,8 +171,8 @@ def test_meta_learning_false_is_the_plain_trainer_step(tmp_path):
     for trainer_class in ("meta", "plain"):
         model = tiny_model()
         train = blocks({"en": 16}, seed=2)
-        args = dict(output_dir=str(tmp_path / trainer_class), use_cpu=True, report_to="none", max_steps=2,
-                    per_device_train_batch_size=4, seed=3, disable_tqdm=True, dataloader_pin_memory=False)
+        args = {"output_dir": str(tmp_path / trainer_class), "use_cpu": True, "report_to": "none", "max_steps": 2,
+                "per_device_train_batch_size": 4, "seed": 3, "disable_tqdm": True, "dataloader_pin_memory": False}
         if trainer_class == "meta":
             trainer = make_trainer(tmp_path / "meta", model=model, train=train, meta_learning=False, max_steps=2,
                                    per_device_train_batch_size=4, seed=3, learning_rate=5e-5,

@@ -66,12 +66,19 @@ class MetaXLMTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
     )
     fd_epsilon: float = field(default=0.01, metadata={"help": "finite-difference step: ε = fd_epsilon / ‖g‖"})
+    meta_validation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "validation examples per language per device in the meta objective; None = the "
+                          "training examples per device of one optimizer step (batch × accumulation)"},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         check_method(self.hypergradient)
         if self.fd_epsilon <= 0:
             raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
+        if self.meta_validation_batch_size is not None and self.meta_validation_batch_size < 1:
+            raise ValueError(f"meta_validation_batch_size must be >= 1, got {self.meta_validation_batch_size}")
 
     @property
     def meta_lr(self) -> float:
@@ -261,11 +268,15 @@ class MetaXLMTrainer(Trainer):
                 dataset = self._remove_unused_columns(dataset, description=f"meta validation ({code})")
             prepared[code] = dataset
         return MetaValidationBatches(
-            # As many validation examples per language as training examples per optimizer step (per device).
-            prepared, self.data_collator,
-            self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps, self.args.seed,
+            prepared, self.data_collator, self._meta_validation_batch_size(), self.args.seed,
             self.args.world_size, self.args.process_index,
         )
+
+    def _meta_validation_batch_size(self) -> int:
+        if self.args.meta_validation_batch_size is not None:
+            return self.args.meta_validation_batch_size
+        # As many validation examples per language as training examples per optimizer step (per device).
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
     def get_train_dataloader(self) -> DataLoader:
         if not self.meta_learning and self.language_sampling_probs is None:

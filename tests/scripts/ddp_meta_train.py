@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from meta_setup import make_trainer  # noqa: E402
+from meta_setup import make_trainer
 
 
 def main(output_dir: str, batch_size: int) -> None:

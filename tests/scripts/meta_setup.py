@@ -48,11 +48,11 @@ def deterministic_collator(examples):
 
 
 def make_trainer(output_dir, model=None, train=None, validation=None, probs=None, **args) -> MetaXLMTrainer:
-    defaults = dict(
-        output_dir=str(output_dir), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-        learning_rate=1e-2, lr_scheduler_type="constant", max_grad_norm=0.0, seed=7, meta_learning=True,
-        disable_tqdm=True, dataloader_pin_memory=False,
-    )
+    defaults = {
+        "output_dir": str(output_dir), "use_cpu": True, "report_to": "none", "save_strategy": "no",
+        "logging_steps": 1, "learning_rate": 1e-2, "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
+        "seed": 7, "meta_learning": True, "disable_tqdm": True, "dataloader_pin_memory": False,
+    }
     defaults.update(args)
     return MetaXLMTrainer(
         model=model if model is not None else tiny_model(),
