@@ -47,7 +47,9 @@ def repeat_batch(batch):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -61,8 +63,13 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     config = MetaXLMConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        intermediate_size=4 * args.hidden, max_position_embeddings=args.length + 2, languages=LANGUAGES,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.length + 2,
+        languages=LANGUAGES,
     )
     model = MetaXLMForMaskedLM(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -89,8 +96,10 @@ def main() -> None:
         synchronize()
         start = time.perf_counter()
         measure_gradient_conflict(
-            model, {lang: repeat_batch(batch) for lang, batch in batches.items()},
-            target_sentences=args.micro_batches * args.batch, layout=layout,
+            model,
+            {lang: repeat_batch(batch) for lang, batch in batches.items()},
+            target_sentences=args.micro_batches * args.batch,
+            layout=layout,
         )
         synchronize()
         return time.perf_counter() - start
@@ -105,16 +114,20 @@ def main() -> None:
     measured_sentences = (len(LANGUAGES) + 1) * args.micro_batches * args.batch  # + the En-En replicate
     per_measured = statistics.median(probe_times) / measured_sentences
     ratio = per_measured / per_trained
-    print(f"device {device}; model hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; "
-          f"batch {args.batch} x {args.length} tokens; {len(layout.names)} shared tensors, {layout.numel:,} values")
+    print(
+        f"device {device}; model hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; "
+        f"batch {args.batch} x {args.length} tokens; {len(layout.names)} shared tensors, {layout.numel:,} values"
+    )
     print(f"training step:  {per_trained * 1e3:.2f} ms per trained sentence (median of {args.repeats})")
     print(f"monitor:        {per_measured * 1e3:.2f} ms per measured sentence (median of {args.repeats})")
     print(f"ratio monitor/training per sentence: {ratio:.3f}  (target <= 1.0)")
     for name, (every, sentences) in SETTINGS.items():
         measured = (len(LANGUAGES) + 1) * sentences
         trained = every * PAPER_BATCH
-        print(f"overhead, {name}: {ratio * measured / trained:.1%} of training time "
-              f"({measured} measured per {trained} trained sentences)")
+        print(
+            f"overhead, {name}: {ratio * measured / trained:.1%} of training time "
+            f"({measured} measured per {trained} trained sentences)"
+        )
 
 
 if __name__ == "__main__":

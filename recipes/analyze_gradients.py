@@ -25,12 +25,20 @@ logger = logging.getLogger("analyze_gradients")
 
 @dataclass
 class GradientArguments:
-    run_dir: str = field(metadata={"help": "a pretraining output_dir (checkpoint-N folders) or one saved model"})
+    run_dir: str = field(
+        metadata={"help": "a pretraining output_dir (checkpoint-N folders) or one saved model"}
+    )
     output_dir: str = field(metadata={"help": "where the CSV/JSONL, TensorBoard events and figure go"})
     languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "languages to compare"})
-    reference_language: str | None = field(default=None, metadata={"help": "same-language baseline (default: first)"})
-    text_dir: str | None = field(default=None, metadata={"help": "folder with one sub-folder of text per language"})
-    corpus_files: list[str] = field(default_factory=list, metadata={"help": "LANG=PATH entries, override text_dir"})
+    reference_language: str | None = field(
+        default=None, metadata={"help": "same-language baseline (default: first)"}
+    )
+    text_dir: str | None = field(
+        default=None, metadata={"help": "folder with one sub-folder of text per language"}
+    )
+    corpus_files: list[str] = field(
+        default_factory=list, metadata={"help": "LANG=PATH entries, override text_dir"}
+    )
     max_sentences: int = field(default=20000, metadata={"help": "sentences per language read (first N)"})
     target_sentences: int = field(default=4096, metadata={"help": "sentences per language per measurement"})
     batch_size: int = field(default=32, metadata={"help": "micro-batch size (gradient accumulation)"})
@@ -43,9 +51,16 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     checkpoints = training_checkpoints(args.run_dir)
     logger.info("%d checkpoint(s): steps %s", len(checkpoints), [step for step, _ in checkpoints])
-    corpora = load_corpora(args.languages, corpus_paths=corpus_paths(args.corpus_files), text_dir=args.text_dir)
-    corpora = {lang: sentences.select(range(min(args.max_sentences, len(sentences)))) for lang, sentences in corpora.items()}
-    settings = GradientSettings(args.target_sentences, args.batch_size, args.block_size, args.reference_language, args.seed)
+    corpora = load_corpora(
+        args.languages, corpus_paths=corpus_paths(args.corpus_files), text_dir=args.text_dir
+    )
+    corpora = {
+        lang: sentences.select(range(min(args.max_sentences, len(sentences))))
+        for lang, sentences in corpora.items()
+    }
+    settings = GradientSettings(
+        args.target_sentences, args.batch_size, args.block_size, args.reference_language, args.seed
+    )
     gradient_conflict_over_checkpoints(checkpoints, corpora, settings, args.output_dir)
     logger.info("wrote gradient_conflict.{csv,jsonl,png} to %s", args.output_dir)
 

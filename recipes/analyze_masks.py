@@ -24,15 +24,26 @@ logger = logging.getLogger("analyze_masks")
 
 @dataclass
 class MaskArguments:
-    model_name_or_path: str = field(metadata={"help": "a MetaXLM masked-LM checkpoint folder (with its tokenizer)"})
+    model_name_or_path: str = field(
+        metadata={"help": "a MetaXLM masked-LM checkpoint folder (with its tokenizer)"}
+    )
     output_dir: str = field(metadata={"help": "where π, CSVs and figures go"})
-    languages: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "languages to learn masks for"})
-    reference_language: str = field(default="en", metadata={"help": "compared with every other language; run twice"})
-    text_dir: str | None = field(default=None, metadata={"help": "folder with one sub-folder of text per language"})
-    corpus_files: list[str] = field(default_factory=list, metadata={"help": "LANG=PATH entries, override text_dir"})
+    languages: list[str] = field(
+        default_factory=lambda: ["en"], metadata={"help": "languages to learn masks for"}
+    )
+    reference_language: str = field(
+        default="en", metadata={"help": "compared with every other language; run twice"}
+    )
+    text_dir: str | None = field(
+        default=None, metadata={"help": "folder with one sub-folder of text per language"}
+    )
+    corpus_files: list[str] = field(
+        default_factory=list, metadata={"help": "LANG=PATH entries, override text_dir"}
+    )
     max_sentences: int = field(default=20000, metadata={"help": "sentences per language used (first N)"})
     mask_groups: list[str] = field(
-        default_factory=list, metadata={"help": "SUBLAYER:UNIT:REGEX entries (default: attention heads + FFN neurons)"}
+        default_factory=list,
+        metadata={"help": "SUBLAYER:UNIT:REGEX entries (default: attention heads + FFN neurons)"},
     )
     steps: int = field(default=500, metadata={"help": "mask training steps per language"})
     l0_lambda: float = field(default=0.5, metadata={"help": "λ of Eq. 1 (per fraction of gated parameters)"})
@@ -47,8 +58,13 @@ def main(argv: list[str]) -> None:
     (args,) = parse_config_and_args((MaskArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model, tokenizer = load_checkpoint(args.model_name_or_path, args.languages)
-    corpora = load_corpora(args.languages, corpus_paths=corpus_paths(args.corpus_files), text_dir=args.text_dir)
-    corpora = {lang: sentences.select(range(min(args.max_sentences, len(sentences)))) for lang, sentences in corpora.items()}
+    corpora = load_corpora(
+        args.languages, corpus_paths=corpus_paths(args.corpus_files), text_dir=args.text_dir
+    )
+    corpora = {
+        lang: sentences.select(range(min(args.max_sentences, len(sentences))))
+        for lang, sentences in corpora.items()
+    }
     settings = MaskSettings(
         steps=args.steps,
         l0_lambda=args.l0_lambda,
@@ -60,7 +76,14 @@ def main(argv: list[str]) -> None:
     )
     groups = mask_group_specs(args.mask_groups) or list(DEFAULT_MASK_GROUPS)
     summary = mask_analysis(
-        model, tokenizer, corpora, args.reference_language, settings, args.output_dir, groups, args.model_name_or_path
+        model,
+        tokenizer,
+        corpora,
+        args.reference_language,
+        settings,
+        args.output_dir,
+        groups,
+        args.model_name_or_path,
     )
     logger.info("π similarity over all layers: %s", summary["similarity_all_layers"])
     logger.info("wrote π, mask_similarity.{csv,png} and mask_extremes_*.{csv,png} to %s", args.output_dir)

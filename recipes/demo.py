@@ -6,6 +6,7 @@
 2. a tiny +meta adpt model on the same tokenizer               (recipes/configs/tiny_meta_adpt.yaml)
 3. per-language validation perplexity of both
 4. a short NER fine-tune of both, within-language (sw) and zero-shot (en -> sw), and the results table
+5. the two models' cards (README.md, NER results in model-index), copied to model_cards/demo-*.md
 Text comes from <data_dir>/text when it exists, else from the Hub (Wikipedia; a large download).
 Each step is a recipe run as a subprocess; the demo only chains them and prints where the outputs are.
 """
@@ -21,7 +22,10 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from meta_xlm.model_card import write_model_card
+
 RECIPES = Path(__file__).resolve().parent
+MODEL_CARDS = RECIPES.parent / "model_cards"
 DEFAULT_DATA_DIR = RECIPES.parent.parent / "shared" / "data"
 
 
@@ -32,6 +36,9 @@ class DemoArguments:
     pretrain_steps: int = field(default=200)
     finetune_train_examples: int = field(default=1000)
     finetune_eval_examples: int = field(default=300)
+    copy_cards: bool = field(
+        default=True, metadata={"help": "also write the cards to model_cards/demo-*.md in the repository"}
+    )
 
 
 def run_recipe(script: str, *args: str) -> None:
@@ -124,11 +131,23 @@ def perplexity_table(models: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def write_cards(models: dict[str, Path], card_names: dict[str, str], finetune_dir: Path, args) -> None:
+    """Each model's card with its NER metrics (model-index); the usage code loads the folder as the user named it."""
+    for name, folder in models.items():
+        write_model_card(
+            folder,
+            model_id=str(Path(args.output_dir) / folder.name),
+            metrics_files=sorted(finetune_dir.glob(f"{folder.name}-ner-*/metrics.json")),
+            copy_to=MODEL_CARDS / f"{card_names[name]}.md" if args.copy_cards else None,
+        )
+
+
 def main(argv: list[str]) -> None:
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
     started = time.time()
     output_dir = Path(args.output_dir).resolve()
     models = {"JointPair": output_dir / "jointpair-en-sw", "+meta adpt": output_dir / "meta-adpt-en-sw"}
+    card_names = {"JointPair": "demo-joint-pair", "+meta adpt": "demo-meta-adpt"}
     pretrain("tiny_joint_pair.yaml", models["JointPair"], args)
     pretrain(
         "tiny_meta_adpt.yaml",
@@ -145,6 +164,7 @@ def main(argv: list[str]) -> None:
         for setting in ("within", "zero_shot"):
             finetune(folder, name, setting, output_dir / "finetune" / f"{folder.name}-ner-{setting}", args)
     run_recipe("results_table.py", str(output_dir / "finetune"), "--output_dir", str(output_dir / "tables"))
+    write_cards(models, card_names, output_dir / "finetune", args)
 
     print(f"\nDemo finished in {time.time() - started:.0f} s. Outputs in {output_dir}:")
     print(
@@ -152,6 +172,9 @@ def main(argv: list[str]) -> None:
     )
     print(f"  perplexity table: {output_dir / 'perplexity.md'}")
     print(f"  NER results table: {output_dir / 'tables' / 'results.md'}")
+    print(f"  model cards: {', '.join(str(folder / 'README.md') for folder in models.values())}")
+    if args.copy_cards:
+        print(f"  copied to: {', '.join(str(MODEL_CARDS / (n + '.md')) for n in card_names.values())}")
     print(f"  TensorBoard: tensorboard --logdir {output_dir}")
 
 

@@ -4,7 +4,9 @@
 
 Every field of the dataclasses below (and of MetaXLMTrainingArguments) can be set in the YAML file or on the
 command line; the command line wins. An unknown key is an error. `--resume_from_checkpoint latest` resumes from
-the newest complete checkpoint in output_dir.
+the newest complete checkpoint in output_dir. The output folder gets the model card (README.md, written by
+meta_xlm.model_card); `--push_to_hub --hub_model_id USER/NAME [--hub_revision BRANCH] [--hub_private_repo true]`
+then uploads the folder once, after saving (meta_xlm.hub.push_to_hub).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from meta_xlm.data import (
     split_corpora,
     train_shared_tokenizer,
 )
+from meta_xlm.hub import push_to_hub
+from meta_xlm.model_card import write_model_card
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 from meta_xlm.trainer import MetaXLMTrainer, MetaXLMTrainingArguments
 
@@ -180,38 +184,30 @@ def build_tokenizer(tokenizer_args, train_sentences, training_args, resume: str 
     return tokenizer
 
 
-def write_model_card(
-    output_dir: Path, data_args, model_args, data, final_perplexity: dict[str, float]
-) -> None:
-    rows = "\n".join(
-        f"| {lang} | {data.train_sentences[lang]} | {data.sampling_probabilities[lang]:.3f} | "
-        f"{final_perplexity.get(lang, float('nan')):.2f} |"
-        for lang in data_args.languages
-    )
-    card = f"""---
-language: {json.dumps(data_args.languages)}
-library_name: transformers
-tags: [meta-xlm, fill-mask, multilingual]
----
-# MetaXLM masked LM ({"-".join(data_args.languages)}, language_modules={model_args.language_modules})
+def take_over_hub_publishing(training_args) -> dict | None:
+    """The Hub push this run asked for (--push_to_hub --hub_model_id [--hub_revision] [--hub_private_repo]).
 
-Pretrained with `recipes/pretrain.py` of meta-xlm (Wang, Lipton & Tsvetkov, EMNLP 2020, "On Negative
-Interference in Multilingual Models"). Load with `import meta_xlm` then
-`AutoModelForMaskedLM.from_pretrained(path)`; pass `lang_ids` (indices into `config.languages`).
-
-| language | training sentences | sampling p_i | validation perplexity |
-|---|---|---|---|
-{rows}
-
-Full run configuration: `pretrain_config.yaml`.
-"""
-    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    The recipe pushes once, after saving, with meta_xlm.hub.push_to_hub; the Trainer's own push is switched off
+    because it contacts the Hub when the Trainer is built and pushes every save.
+    """
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id (the Hub repository, e.g. user/meta-xlm-en-sw)")
+    training_args.push_to_hub = False
+    return {
+        "repo_id": training_args.hub_model_id,
+        "revision": training_args.hub_revision,
+        "private": training_args.hub_private_repo,
+        "token": training_args.hub_token,
+    }
 
 
 def main(argv: list[str]) -> None:
     data_args, tokenizer_args, model_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
+    publish = take_over_hub_publishing(training_args)
     seed = training_args.seed + data_args.data_seed_offset
 
     corpus_paths = key_value_pairs(data_args.corpus_files, "corpus_files")
@@ -269,6 +265,7 @@ def main(argv: list[str]) -> None:
     metrics = trainer.evaluate()
     final_perplexity = {lang: perplexity(metrics[f"eval_{lang}_loss"]) for lang in data_args.languages}
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the steps the model card reports
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         tokenizer.save_pretrained(output_dir)
@@ -281,9 +278,17 @@ def main(argv: list[str]) -> None:
             yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
         )
         (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
-        write_model_card(output_dir, data_args, model_args, data, final_perplexity)
+        write_model_card(
+            output_dir,
+            model_id=publish["repo_id"] if publish else None,
+            datasets=[data_args.hub_dataset] if data_args.hub_dataset else (),
+            num_processes=training_args.world_size,
+        )
         logger.info("validation perplexity: %s", final_perplexity)
         logger.info("saved model, tokenizer, pretrain_config.yaml and README.md to %s", output_dir)
+        if publish is not None:
+            commit = push_to_hub(output_dir, **publish)
+            logger.info("pushed %s to %s (commit %s)", output_dir, publish["repo_id"], commit.oid)
 
 
 if __name__ == "__main__":

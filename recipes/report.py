@@ -26,10 +26,15 @@ class ReportArguments:
     )
     mono_model: str = field(default="Mono", metadata={"help": "the model name of the monolingual baselines"})
     pretraining_runs: list[str] = field(
-        default_factory=list, metadata={"help": "NAME=DIR entries: pretraining output_dirs, as named in the figures"}
+        default_factory=list,
+        metadata={"help": "NAME=DIR entries: pretraining output_dirs, as named in the figures"},
     )
-    perplexity_languages: list[str] = field(default_factory=list, metadata={"help": "one Fig. 2 panel per language"})
-    loss_runs: list[str] = field(default_factory=list, metadata={"help": "run NAMEs for Fig. 4c (JointPair, +adpt, ...)"})
+    perplexity_languages: list[str] = field(
+        default_factory=list, metadata={"help": "one Fig. 2 panel per language"}
+    )
+    loss_runs: list[str] = field(
+        default_factory=list, metadata={"help": "run NAMEs for Fig. 4c (JointPair, +adpt, ...)"}
+    )
     loss_max_step: int | None = field(default=None, metadata={"help": "last step shown in Fig. 4c"})
 
 

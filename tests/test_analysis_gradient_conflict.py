@@ -74,7 +74,9 @@ def test_gradient_of_a_batch_with_itself_has_cosine_one():
 def hand_gradient(model, batch, names) -> torch.Tensor:
     params = [dict(model.named_parameters())[name] for name in names]
     grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+    )
 
 
 def test_two_languages_match_hand_computation_from_autograd():
@@ -82,13 +84,17 @@ def test_two_languages_match_hand_computation_from_autograd():
     model.eval()
     shared = list(parameter_groups(model).shared)
     en, en_again, sw = mlm_batch("en", 1), mlm_batch("en", 3), mlm_batch("sw", 2)
-    results = measure_gradient_conflict(model, {"en": iter([en, en_again]), "sw": iter([sw])}, target_sentences=BATCH)
+    results = measure_gradient_conflict(
+        model, {"en": iter([en, en_again]), "sw": iter([sw])}, target_sentences=BATCH
+    )
     assert set(results) == {"en-sw", "en-en"}
 
     g_en, g_sw, g_en_again = (hand_gradient(model, batch, shared) for batch in (en, sw, en_again))
     assert -1 <= results["en-sw"]["all"] <= 1
     assert results["en-sw"]["all"] == pytest.approx(F.cosine_similarity(g_en, g_sw, dim=0).item(), abs=1e-5)
-    assert results["en-en"]["all"] == pytest.approx(F.cosine_similarity(g_en, g_en_again, dim=0).item(), abs=1e-5)
+    assert results["en-en"]["all"] == pytest.approx(
+        F.cosine_similarity(g_en, g_en_again, dim=0).item(), abs=1e-5
+    )
     # One sublayer by hand: the attention block of layer 1 (language adapters are not shared: excluded).
     attention = [name for name in shared if name.startswith("roberta.encoder.layer.1.attention.")]
     assert not any("adapter_modules" in name for name in shared)

@@ -32,15 +32,23 @@ def test_sample_mean_matches_closed_form():
 
 def test_probability_of_exact_zero_and_one_match_closed_form():
     z = draws()
-    torch.testing.assert_close((z == 0).double().mean(0), 1 - probability_open(LOG_ALPHAS), atol=TOLERANCE, rtol=0)
-    torch.testing.assert_close((z == 0).double().mean(0), stretched_cdf(0.0, LOG_ALPHAS), atol=TOLERANCE, rtol=0)
-    torch.testing.assert_close((z == 1).double().mean(0), 1 - stretched_cdf(1.0, LOG_ALPHAS), atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(
+        (z == 0).double().mean(0), 1 - probability_open(LOG_ALPHAS), atol=TOLERANCE, rtol=0
+    )
+    torch.testing.assert_close(
+        (z == 0).double().mean(0), stretched_cdf(0.0, LOG_ALPHAS), atol=TOLERANCE, rtol=0
+    )
+    torch.testing.assert_close(
+        (z == 1).double().mean(0), 1 - stretched_cdf(1.0, LOG_ALPHAS), atol=TOLERANCE, rtol=0
+    )
 
 
 def test_expected_l0_is_sum_of_open_probabilities_and_matches_sampled_count():
     sizes = torch.tensor([3.0, 1.0, 7.0, 2.0, 5.0], dtype=torch.float64)
     assert expected_l0(LOG_ALPHAS).item() == pytest.approx(probability_open(LOG_ALPHAS).sum().item())
-    assert expected_l0(LOG_ALPHAS, sizes).item() == pytest.approx((probability_open(LOG_ALPHAS) * sizes).sum().item())
+    assert expected_l0(LOG_ALPHAS, sizes).item() == pytest.approx(
+        (probability_open(LOG_ALPHAS) * sizes).sum().item()
+    )
     sampled_count = (draws() > 0).double().sum(1).mean()  # E[number of non-zero gates]
     assert sampled_count.item() == pytest.approx(expected_l0(LOG_ALPHAS).item(), abs=5 * TOLERANCE)
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from test_analysis_gradient_conflict import mlm_batch, tiny_model
+from torch.func import functional_call
 
 from meta_xlm.analysis.masks import (
     DEFAULT_MASK_GROUPS,
@@ -15,9 +17,6 @@ from meta_xlm.analysis.masks import (
     resolve_mask_layout,
     save_pi,
 )
-from torch.func import functional_call
-
-from test_analysis_gradient_conflict import BATCH, mlm_batch, tiny_model
 
 HEADS, INTERMEDIATE, HEAD_SIZE = 4, 37, 8
 
@@ -49,7 +48,9 @@ def test_closing_a_head_equals_zeroing_its_output_projection_columns():
 
 def test_group_spec_matching_no_parameter_is_a_clear_error():
     spec = MaskGroupSpec("ffn", r"roberta\.encoder\.layer\.(?P<layer>\d+)\.mlp\.weight", "neuron")
-    with pytest.raises(ValueError, match=r"mask group 'ffn': pattern .*mlp.* matches no parameter of MetaXLMForMaskedLM"):
+    with pytest.raises(
+        ValueError, match=r"mask group 'ffn': pattern .*mlp.* matches no parameter of MetaXLMForMaskedLM"
+    ):
         resolve_mask_layout(tiny_model(), [spec])
     with pytest.raises(ValueError, match="unit='row', expected one of"):
         resolve_mask_layout(tiny_model(), [MaskGroupSpec("ffn", DEFAULT_MASK_GROUPS[1].pattern, "row")])
@@ -61,7 +62,11 @@ def test_learning_a_mask_leaves_the_model_frozen_and_saves_round_trip(tmp_path):
     layout = resolve_mask_layout(model)
     batches = iter([mlm_batch("en", seed) for seed in range(5)])
     pi = learn_language_mask(model, layout, batches, steps=5, l0_lambda=0.1, seed=0)
-    assert pi.shape == (layout.num_gates,) and torch.isfinite(pi).all() and not torch.equal(pi, torch.zeros_like(pi))
+    assert (
+        pi.shape == (layout.num_gates,)
+        and torch.isfinite(pi).all()
+        and not torch.equal(pi, torch.zeros_like(pi))
+    )
     assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
     save_pi(tmp_path / "pi_en.safetensors", pi, layout, {"language": "en"})
     loaded, loaded_layout = load_pi(tmp_path / "pi_en.safetensors")
@@ -83,4 +88,6 @@ def test_similarity_and_extremes():
     assert len(extremes) == 6
     assert [row["pi"] for row in extremes[:3]] == sorted(row["pi"] for row in extremes[:3])
     assert extremes[0]["pi"] == pytest.approx(-(a.min() / a.abs().max()).abs().item())
-    assert all(row["pi"] == pytest.approx(row["pi_other"]) for row in extremes)  # each normalised by its own max
+    assert all(
+        row["pi"] == pytest.approx(row["pi_other"]) for row in extremes
+    )  # each normalised by its own max

@@ -176,6 +176,7 @@ def test_every_card_in_model_cards_parses():
         assert card.data.library_name == "transformers", path
         for result in card.data.eval_results or []:
             assert isinstance(result.metric_value, (int, float)), path
+            assert result.dataset_config in card.data.language, (path, result.dataset_config)
         compile(usage_snippet(card), str(path), "exec")
     assert (MODEL_CARDS / "TEMPLATE.md").is_file() and (MODEL_CARDS / "README.md").is_file()
 

@@ -14,7 +14,12 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-from meta_xlm.data import LanguagePerplexityCallback, MLMCollator, tokenize_into_blocks, train_shared_tokenizer
+from meta_xlm.data import (
+    LanguagePerplexityCallback,
+    MLMCollator,
+    tokenize_into_blocks,
+    train_shared_tokenizer,
+)
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,10 +30,13 @@ SOURCES = {"en": "globalvoices_opus_v2017q3.en-sw.en.txt.gz", "sw": "voa_swahili
 
 
 def run_recipe(script: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "recipes" / script), *args], capture_output=True, text=True, timeout=600
+    return subprocess.run(
+        [sys.executable, str(REPO / "recipes" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +51,64 @@ def pretrain_tiny(root: Path, shared_data_path) -> tuple[Path, dict[str, Path]]:
     (run folder, {lang: text file})."""
     texts = {}
     for language in LANGUAGES:
-        with gzip.open(shared_data_path("text", language, SOURCES[language]), "rt", encoding="utf-8") as handle:
+        with gzip.open(
+            shared_data_path("text", language, SOURCES[language]), "rt", encoding="utf-8"
+        ) as handle:
             lines = [line.strip() for _, line in zip(range(SENTENCES), handle) if line.strip()]
         texts[language] = root / f"{language}.txt"
         texts[language].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    sentences = {lang: Dataset.from_dict({"text": texts[lang].read_text().splitlines()}) for lang in LANGUAGES}
-    tokenizer = train_shared_tokenizer(sentences, vocab_size=600, temperature=1.0, num_sentences=4000, seed=0, show_progress=False)
-    blocks = {lang: tokenize_into_blocks(sentences[lang], tokenizer, BLOCK, i) for i, lang in enumerate(LANGUAGES)}
+    sentences = {
+        lang: Dataset.from_dict({"text": texts[lang].read_text().splitlines()}) for lang in LANGUAGES
+    }
+    tokenizer = train_shared_tokenizer(
+        sentences, vocab_size=600, temperature=1.0, num_sentences=4000, seed=0, show_progress=False
+    )
+    blocks = {
+        lang: tokenize_into_blocks(sentences[lang], tokenizer, BLOCK, i) for i, lang in enumerate(LANGUAGES)
+    }
     train = {lang: blocks[lang].select(range(64, len(blocks[lang]))) for lang in LANGUAGES}
     validation = {lang: blocks[lang].select(range(64)) for lang in LANGUAGES}
     from datasets import concatenate_datasets
 
     torch.manual_seed(0)
     config = MetaXLMConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=BLOCK + 2, languages=LANGUAGES, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=BLOCK + 2,
+        languages=LANGUAGES,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     model = MetaXLMForMaskedLM(config)
     run_dir = root / "jointpair"
     args = TrainingArguments(
-        output_dir=str(run_dir), per_device_train_batch_size=16, per_device_eval_batch_size=32, max_steps=150,
-        learning_rate=5e-3, warmup_steps=20, lr_scheduler_type="constant_with_warmup", logging_steps=10, eval_strategy="steps", eval_steps=50, save_steps=50,
-        report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(run_dir),
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        max_steps=150,
+        learning_rate=5e-3,
+        warmup_steps=20,
+        lr_scheduler_type="constant_with_warmup",
+        logging_steps=10,
+        eval_strategy="steps",
+        eval_steps=50,
+        save_steps=50,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=concatenate_datasets(list(train.values())).shuffle(seed=0),
-        eval_dataset=validation, data_collator=MLMCollator(tokenizer), processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=concatenate_datasets(list(train.values())).shuffle(seed=0),
+        eval_dataset=validation,
+        data_collator=MLMCollator(tokenizer),
+        processing_class=tokenizer,
         callbacks=[LanguagePerplexityCallback(LANGUAGES)],
     )
     trainer.train()
@@ -81,9 +121,16 @@ def test_analyze_masks_writes_pi_figure_csv_and_en_en_beats_en_sw(pretrained, tm
     run_dir, texts = pretrained
     out = tmp_path / "masks"
     result = run_recipe(
-        "analyze_masks.py", "--config", str(REPO / "recipes/configs/analysis/masks_tiny.yaml"),
-        "--model_name_or_path", str(run_dir), "--output_dir", str(out),
-        "--corpus_files", f"en={texts['en']}", f"sw={texts['sw']}",
+        "analyze_masks.py",
+        "--config",
+        str(REPO / "recipes/configs/analysis/masks_tiny.yaml"),
+        "--model_name_or_path",
+        str(run_dir),
+        "--output_dir",
+        str(out),
+        "--corpus_files",
+        f"en={texts['en']}",
+        f"sw={texts['sw']}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("pi_en", "pi_en_2", "pi_sw"):
@@ -104,8 +151,16 @@ def test_analyze_gradients_over_checkpoints(pretrained, tmp_path):
     run_dir, texts = pretrained
     out = tmp_path / "gradients"
     result = run_recipe(
-        "analyze_gradients.py", "--config", str(REPO / "recipes/configs/analysis/gradients_tiny.yaml"),
-        "--run_dir", str(run_dir), "--output_dir", str(out), "--corpus_files", f"en={texts['en']}", f"sw={texts['sw']}",
+        "analyze_gradients.py",
+        "--config",
+        str(REPO / "recipes/configs/analysis/gradients_tiny.yaml"),
+        "--run_dir",
+        str(run_dir),
+        "--output_dir",
+        str(out),
+        "--corpus_files",
+        f"en={texts['en']}",
+        f"sw={texts['sw']}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with (out / "gradient_conflict.csv").open() as handle:
@@ -121,8 +176,17 @@ def test_analyze_gradients_over_checkpoints(pretrained, tmp_path):
 def test_requested_language_missing_from_checkpoint_is_a_clear_error(pretrained, tmp_path):
     run_dir, texts = pretrained
     result = run_recipe(
-        "analyze_masks.py", "--model_name_or_path", str(run_dir), "--output_dir", str(tmp_path),
-        "--languages", "en", "hi", "--corpus_files", f"en={texts['en']}", f"hi={texts['en']}",
+        "analyze_masks.py",
+        "--model_name_or_path",
+        str(run_dir),
+        "--output_dir",
+        str(tmp_path),
+        "--languages",
+        "en",
+        "hi",
+        "--corpus_files",
+        f"en={texts['en']}",
+        f"hi={texts['en']}",
     )
     assert result.returncode != 0
     assert "requested language(s) ['hi'] are not among them" in result.stderr
@@ -133,9 +197,19 @@ def test_requested_language_missing_from_checkpoint_is_a_clear_error(pretrained,
 def test_group_spec_matching_no_parameter_is_a_clear_error(pretrained, tmp_path):
     run_dir, texts = pretrained
     result = run_recipe(
-        "analyze_masks.py", "--model_name_or_path", str(run_dir), "--output_dir", str(tmp_path),
-        "--languages", "en", "sw", "--corpus_files", f"en={texts['en']}", f"sw={texts['sw']}",
-        "--mask_groups", r"ffn:neuron:roberta\.encoder\.layer\.(?P<layer>\d+)\.mlp\.weight",
+        "analyze_masks.py",
+        "--model_name_or_path",
+        str(run_dir),
+        "--output_dir",
+        str(tmp_path),
+        "--languages",
+        "en",
+        "sw",
+        "--corpus_files",
+        f"en={texts['en']}",
+        f"sw={texts['sw']}",
+        "--mask_groups",
+        r"ffn:neuron:roberta\.encoder\.layer\.(?P<layer>\d+)\.mlp\.weight",
     )
     assert result.returncode != 0
     assert "matches no parameter of MetaXLMForMaskedLM" in result.stderr
@@ -143,8 +217,13 @@ def test_group_spec_matching_no_parameter_is_a_clear_error(pretrained, tmp_path)
 
 def write_finetune_record(path: Path, model: str, task: str, setting: str, scores: dict) -> Path:
     """A metrics record in recipes/finetune.py's documented format (meta_xlm.tasks.tables docstring)."""
-    record = {"task": task, "setting": setting, "model": model, "main_metric": "f1",
-              "scores": {lang: {"f1": value} for lang, value in scores.items()}}
+    record = {
+        "task": task,
+        "setting": setting,
+        "model": model,
+        "main_metric": "f1",
+        "scores": {lang: {"f1": value} for lang, value in scores.items()},
+    }
     path.write_text(json.dumps(record), encoding="utf-8")
     return path
 
@@ -161,14 +240,29 @@ def test_report_renders_from_pretraining_logs_and_finetune_metrics(pretrained, t
     write_finetune_record(metrics / "zs.json", "JointPair", "ner", "zero_shot", {"sw": 40.0})
     out = tmp_path / "report"
     result = run_recipe(
-        "report.py", "--output_dir", str(out), "--finetune_metrics", str(metrics / "*.json"),
-        "--pretraining_runs", f"JointPair={run_dir}", f"JointPair-again={run_dir}",
-        "--perplexity_languages", "en", "sw", "--loss_runs", "JointPair", "--loss_max_step", "100",
+        "report.py",
+        "--output_dir",
+        str(out),
+        "--finetune_metrics",
+        str(metrics / "*.json"),
+        "--pretraining_runs",
+        f"JointPair={run_dir}",
+        f"JointPair-again={run_dir}",
+        "--perplexity_languages",
+        "en",
+        "sw",
+        "--loss_runs",
+        "JointPair",
+        "--loss_max_step",
+        "100",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with (out / "interference.csv").open() as handle:
         rows = {(r["task"], r["language"]): r for r in csv.DictReader(handle)}
-    assert set(rows) == {("ner", "sw"), ("pos", "te")}  # en has no Mono score, zero-shot is not within-language
+    assert set(rows) == {
+        ("ner", "sw"),
+        ("pos", "te"),
+    }  # en has no Mono score, zero-shot is not within-language
     assert rows[("pos", "te")]["negative_interference"] == "True"
     assert float(rows[("pos", "te")]["difference"]) == pytest.approx(-1.5)
     assert rows[("ner", "sw")]["negative_interference"] == "False"
@@ -178,11 +272,15 @@ def test_report_renders_from_pretraining_logs_and_finetune_metrics(pretrained, t
     with (out / "training_loss.csv").open() as handle:
         losses = [float(r["loss"]) for r in csv.DictReader(handle)]
     assert len(losses) == 10 and losses[-1] < losses[0]
-    assert (out / "perplexity_en.png").is_file() and "Negative interference" in (out / "report.md").read_text()
+    assert (out / "perplexity_en.png").is_file() and "Negative interference" in (
+        out / "report.md"
+    ).read_text()
 
 
 def test_report_without_mono_record_is_a_clear_error(tmp_path):
     write_finetune_record(tmp_path / "joint.json", "JointPair", "ner", "within", {"sw": 52.8})
-    result = run_recipe("report.py", "--output_dir", str(tmp_path / "out"), "--finetune_metrics", str(tmp_path / "joint.json"))
+    result = run_recipe(
+        "report.py", "--output_dir", str(tmp_path / "out"), "--finetune_metrics", str(tmp_path / "joint.json")
+    )
     assert result.returncode != 0
     assert "no within-language record of mono_model='Mono'; models found: ['JointPair']" in result.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
+from huggingface_hub import ModelCard
 
 RECIPE = REPO_ROOT / "recipes" / "pretrain.py"
 CONFIGS = REPO_ROOT / "recipes" / "configs"
@@ -86,6 +87,18 @@ def assert_reloads_in_fresh_process(output_dir: Path):
     )
     result = run([sys.executable, "-c", check, str(output_dir)])
     assert result.returncode == 0 and "reloaded" in result.stdout, result.stderr[-3000:]
+    assert_model_card_matches(output_dir)
+
+
+def assert_model_card_matches(output_dir: Path):
+    """The generated card parses as a Hub card and describes this checkpoint (languages, variant, steps)."""
+    card = ModelCard.load(output_dir / "README.md")
+    config = json.loads((output_dir / "config.json").read_text())
+    assert card.data.language == config["languages"] == ["en", "sw"]
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
+    assert "jointpair" in card.data.tags
+    steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    assert f"| optimizer steps | {steps} |" in card.text and "`pretrain_config.yaml`" in card.text
 
 
 def assert_finite_falling_loss(output_dir: Path):
@@ -182,6 +195,12 @@ def test_bad_inputs_fail_with_clear_errors_before_training(shared_data, tmp_path
         assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "runs").exists(), name
     result = run([sys.executable, str(RECIPE), "--config", str(bad_yaml)])
     assert result.returncode != 0 and "hidden_sizee" in result.stderr and "bad.yaml" in result.stderr
+    output_dir = tmp_path / "push_without_repo"
+    result = run(
+        [sys.executable, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir), "--push_to_hub")]
+    )
+    assert result.returncode != 0 and "--push_to_hub needs --hub_model_id" in result.stderr, result.stderr[-2000:]
+    assert not output_dir.exists() or not list(output_dir.iterdir())
 
 
 @pytest.mark.slow
@@ -194,3 +213,21 @@ def test_every_config_parses_and_names_its_launch_command(config):
     result = run([sys.executable, str(RECIPE), "--config", str(config), "--print_config"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "languages:" in result.stdout and "output_dir:" in result.stdout
+
+
+@pytest.mark.slow
+def test_push_to_hub_happens_once_after_saving(shared_data, tmp_path):
+    """Offline (conftest), the push must fail, and only after the model, tokenizer and card were saved: the
+    Trainer's own push (which contacts the Hub when it is built) stays off."""
+    output_dir = tmp_path / "out"
+    extra = ["--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none"]
+    push = ["--push_to_hub", "--hub_model_id", "someone/meta-xlm-tiny"]
+    result = run(
+        [sys.executable, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir), *extra, *push)]
+    )
+    assert result.returncode != 0
+    assert "in push_to_hub" in result.stderr and "api/repos/create" in result.stderr, result.stderr[-3000:]
+    assert "offline mode is enabled" in result.stderr, result.stderr[-3000:]
+    for name in ("model.safetensors", "tokenizer.json", "README.md"):
+        assert (output_dir / name).is_file(), name
+    assert 'model_id = "someone/meta-xlm-tiny"' in (output_dir / "README.md").read_text()

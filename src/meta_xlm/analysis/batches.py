@@ -34,7 +34,9 @@ def language_dataloader(
     packed into blocks of `block_size` tokens as in pretraining."""
     blocks = tokenize_into_blocks(sentences, tokenizer, block_size, lang_id)
     if len(blocks) == 0:
-        raise ValueError(f"{len(sentences)} sentences (lang_id {lang_id}) make no block of {block_size} tokens")
+        raise ValueError(
+            f"{len(sentences)} sentences (lang_id {lang_id}) make no block of {block_size} tokens"
+        )
     return DataLoader(
         blocks.with_format("python"),
         batch_size=batch_size,

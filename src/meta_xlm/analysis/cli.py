@@ -21,7 +21,9 @@ def parse_config_and_args(argument_classes: tuple, argv: list[str]):
         known_fields = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - known_fields)
         if unknown:
-            raise SystemExit(f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`")
+            raise SystemExit(
+                f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
+            )
         parser.set_defaults(**values)
     return parser.parse_args_into_dataclasses(args=rest)
 
@@ -49,7 +51,8 @@ def mask_group_specs(entries: list[str]) -> list[MaskGroupSpec]:
         parts = entry.split(":", 2)
         if len(parts) != 3 or not all(parts):
             raise SystemExit(f"error: mask_groups entry {entry!r} is not SUBLAYER:UNIT:REGEX")
-        specs.append(MaskGroupSpec(*parts))
+        sublayer, unit, pattern = parts
+        specs.append(MaskGroupSpec(sublayer=sublayer, pattern=pattern, unit=unit))
     return specs
 
 

@@ -37,13 +37,18 @@ def sample_gates(
     return (s * (high - low) + low).clamp(0.0, 1.0)
 
 
-def deterministic_gates(log_alpha: torch.Tensor, low: float = STRETCH_LOW, high: float = STRETCH_HIGH) -> torch.Tensor:
+def deterministic_gates(
+    log_alpha: torch.Tensor, low: float = STRETCH_LOW, high: float = STRETCH_HIGH
+) -> torch.Tensor:
     """The test-time gate of Louizos et al. (Eq. 13): min(1, max(0, sigmoid(log_alpha) (ζ - γ) + γ))."""
     return (torch.sigmoid(log_alpha) * (high - low) + low).clamp(0.0, 1.0)
 
 
 def probability_open(
-    log_alpha: torch.Tensor, temperature: float = TEMPERATURE, low: float = STRETCH_LOW, high: float = STRETCH_HIGH
+    log_alpha: torch.Tensor,
+    temperature: float = TEMPERATURE,
+    low: float = STRETCH_LOW,
+    high: float = STRETCH_HIGH,
 ) -> torch.Tensor:
     """P(z > 0) = sigmoid(log_alpha - β log(-γ / ζ)) (Louizos et al., Eq. 12)."""
     return torch.sigmoid(log_alpha - temperature * math.log(-low / high))
@@ -71,7 +76,9 @@ def expected_gate(
     """E[z] = ∫_0^1 P(z > t) dt = ∫_0^1 (1 - P(s̄ ≤ t)) dt, the closed-form CDF integrated by the trapezoid rule
     (there is no elementary antiderivative). Returns one value per element of log_alpha."""
     grid = torch.linspace(0.0, 1.0, num_points, dtype=torch.float64)  # (P,)
-    survival = 1 - stretched_cdf(grid[:, None], log_alpha.double().reshape(1, -1), temperature, low, high)  # (P, N)
+    survival = 1 - stretched_cdf(
+        grid[:, None], log_alpha.double().reshape(1, -1), temperature, low, high
+    )  # (P, N)
     return torch.trapezoid(survival, grid, dim=0).reshape(log_alpha.shape).to(log_alpha.dtype)
 
 

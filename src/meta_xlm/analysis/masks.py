@@ -46,7 +46,9 @@ class MaskGroupSpec:
 
 
 DEFAULT_MASK_GROUPS = (
-    MaskGroupSpec("attention", r"roberta\.encoder\.layer\.(?P<layer>\d+)\.attention\.output\.dense\.weight", "head"),
+    MaskGroupSpec(
+        "attention", r"roberta\.encoder\.layer\.(?P<layer>\d+)\.attention\.output\.dense\.weight", "head"
+    ),
     MaskGroupSpec("ffn", r"roberta\.encoder\.layer\.(?P<layer>\d+)\.output\.dense\.weight", "neuron"),
 )
 
@@ -75,7 +77,10 @@ class MaskLayout:
     def group_sizes(self) -> torch.Tensor:
         """Parameters switched by each gate, (num_gates,)."""
         return torch.cat(
-            [torch.full((w.num_gates,), w.rows * w.columns_per_gate, dtype=torch.float64) for w in self.weights]
+            [
+                torch.full((w.num_gates,), w.rows * w.columns_per_gate, dtype=torch.float64)
+                for w in self.weights
+            ]
         )
 
     def gate_labels(self) -> list[tuple[int, str, int]]:
@@ -84,7 +89,9 @@ class MaskLayout:
 
     def slices(self, layer: int, sublayer: str) -> list[slice]:
         return [
-            slice(w.offset, w.offset + w.num_gates) for w in self.weights if w.layer == layer and w.sublayer == sublayer
+            slice(w.offset, w.offset + w.num_gates)
+            for w in self.weights
+            if w.layer == layer and w.sublayer == sublayer
         ]
 
     def layers(self) -> list[int]:
@@ -103,10 +110,14 @@ def resolve_mask_layout(model: nn.Module, specs: Sequence[MaskGroupSpec] = DEFAU
     parameters = dict(model.named_parameters())
     for spec in specs:
         if spec.unit not in columns:
-            raise ValueError(f"mask group {spec.sublayer!r}: unit={spec.unit!r}, expected one of {sorted(columns)}")
+            raise ValueError(
+                f"mask group {spec.sublayer!r}: unit={spec.unit!r}, expected one of {sorted(columns)}"
+            )
         pattern = re.compile(spec.pattern)
         if "layer" not in pattern.groupindex:
-            raise ValueError(f"mask group {spec.sublayer!r}: pattern {spec.pattern!r} needs a (?P<layer>...) group")
+            raise ValueError(
+                f"mask group {spec.sublayer!r}: pattern {spec.pattern!r} needs a (?P<layer>...) group"
+            )
         matched = [(name, pattern.fullmatch(name)) for name in names]
         matched = [(name, match) for name, match in matched if match]
         if not matched:
@@ -117,9 +128,15 @@ def resolve_mask_layout(model: nn.Module, specs: Sequence[MaskGroupSpec] = DEFAU
         for name, match in matched:
             rows, width = parameters[name].shape
             if width % columns[spec.unit]:
-                raise ValueError(f"{name}: {width} input columns do not split into {spec.unit}s of {columns[spec.unit]}")
+                raise ValueError(
+                    f"{name}: {width} input columns do not split into {spec.unit}s of {columns[spec.unit]}"
+                )
             num_gates = width // columns[spec.unit]
-            weights.append(GatedWeight(name, int(match["layer"]), spec.sublayer, columns[spec.unit], num_gates, offset, rows))
+            weights.append(
+                GatedWeight(
+                    name, int(match["layer"]), spec.sublayer, columns[spec.unit], num_gates, offset, rows
+                )
+            )
             offset += num_gates
     return MaskLayout(weights)
 
@@ -129,7 +146,9 @@ def masked_weights(model: nn.Module, layout: MaskLayout, gates: torch.Tensor) ->
     parameters = dict(model.named_parameters())
     masked = {}
     for weight in layout.weights:
-        z = gates[weight.offset : weight.offset + weight.num_gates].repeat_interleave(weight.columns_per_gate)  # (in,)
+        z = gates[weight.offset : weight.offset + weight.num_gates].repeat_interleave(
+            weight.columns_per_gate
+        )  # (in,)
         masked[weight.name] = parameters[weight.name] * z.to(parameters[weight.name].dtype)[None, :]
     return masked
 
@@ -185,7 +204,14 @@ def learn_language_mask(
         return functional_call(model, masked_weights(model, layout, gates), args=(), kwargs=dict(batch)).loss
 
     return fit_gates(
-        mlm_loss, layout.num_gates, steps, l0_lambda, layout.group_sizes(), learning_rate, seed=seed, progress=progress
+        mlm_loss,
+        layout.num_gates,
+        steps,
+        l0_lambda,
+        layout.group_sizes(),
+        learning_rate,
+        seed=seed,
+        progress=progress,
     )
 
 
@@ -200,7 +226,9 @@ def centered_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return cosine(a - a.double().mean(), b - b.double().mean())
 
 
-def pi_similarity(pis: Mapping[str, torch.Tensor], layout: MaskLayout, pairs: Sequence[tuple[str, str]]) -> list[dict]:
+def pi_similarity(
+    pis: Mapping[str, torch.Tensor], layout: MaskLayout, pairs: Sequence[tuple[str, str]]
+) -> list[dict]:
     """Fig. 4a: similarity of π between two runs per layer and sublayer, and over all layers ("all").
 
     `cosine` is the paper's measure. `centered_cosine` subtracts each run's mean π first: when every gate of a
@@ -254,7 +282,10 @@ def extreme_groups(
 # ---------------------------------------------------------------------------------------------- files
 def save_pi(path: str | Path, pi: torch.Tensor, layout: MaskLayout, metadata: Mapping[str, str]) -> None:
     """π and the gate layout (JSON in the safetensors metadata) in one file."""
-    meta = {"layout": json.dumps([asdict(weight) for weight in layout.weights]), **{k: str(v) for k, v in metadata.items()}}
+    meta = {
+        "layout": json.dumps([asdict(weight) for weight in layout.weights]),
+        **{k: str(v) for k, v in metadata.items()},
+    }
     save_file({"log_alpha": pi.contiguous()}, str(path), metadata=meta)
 
 

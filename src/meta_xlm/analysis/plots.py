@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _save(figure, path: str | Path) -> Path:
@@ -30,7 +30,9 @@ def plot_gradient_conflict(rows: Sequence[Mapping], path: str | Path, segment: s
         points.sort()
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=pair)
     axis.axhline(0, color="grey", linewidth=0.8)
-    axis.set(xlabel="training step", ylabel="gradient cosine similarity", title=f"Gradient similarity ({segment})")
+    axis.set(
+        xlabel="training step", ylabel="gradient cosine similarity", title=f"Gradient similarity ({segment})"
+    )
     axis.legend()
     return _save(figure, path)
 
@@ -49,8 +51,19 @@ def plot_mask_similarity(rows: Sequence[Mapping], path: str | Path) -> Path:
             points.sort()
             color = colors.setdefault(pair, f"C{len(colors)}")
             style = "-" if sublayer == "attention" else "--"
-            axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color, marker="o", label=f"{pair} {sublayer}")
-        axis.set(xlabel="layer", ylabel=f"{metric.replace('_', ' ')} of π", title=f"Parameter similarity ({metric.replace('_', ' ')})")
+            axis.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                style,
+                color=color,
+                marker="o",
+                label=f"{pair} {sublayer}",
+            )
+        axis.set(
+            xlabel="layer",
+            ylabel=f"{metric.replace('_', ' ')} of π",
+            title=f"Parameter similarity ({metric.replace('_', ' ')})",
+        )
         axis.set_xticks(sorted({layer for points in series.values() for layer, _ in points}))
         axis.legend(fontsize=7)
     return _save(figure, path)
@@ -72,7 +85,11 @@ def plot_extreme_groups(rows: Sequence[Mapping], language: str, other: str, path
 
 
 def plot_curves(
-    curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str, ylabel: str, log_y: bool = False
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    log_y: bool = False,
 ) -> Path:
     """One line per named curve of (step, value) points (Fig. 2 perplexity, Fig. 4c training loss)."""
     figure, axis = plt.subplots(figsize=(6, 3.5))

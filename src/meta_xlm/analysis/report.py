@@ -36,7 +36,9 @@ def load_finetune_records(paths: Sequence[str | Path]) -> list[dict]:
             raise ValueError(f"cannot read fine-tuning metrics {path}: {error}") from error
         missing = [key for key in RECORD_KEYS if key not in record]
         if missing:
-            raise ValueError(f"{path}: fine-tuning metrics record lacks {missing} (expected keys {list(RECORD_KEYS)})")
+            raise ValueError(
+                f"{path}: fine-tuning metrics record lacks {missing} (expected keys {list(RECORD_KEYS)})"
+            )
         for language, scores in record["scores"].items():
             if record["main_metric"] not in scores:
                 raise ValueError(
@@ -64,7 +66,11 @@ def interference_table(records: Sequence[Mapping], mono_model: str = "Mono") -> 
     """One row per (task, language, multilingual model) that has a Mono score for the same task and language:
     difference = model − Mono; negative interference where Mono wins (difference < 0)."""
     scores = within_language_scores(records)
-    mono = {(task, language): value for (model, task, language), (value, _) in scores.items() if model == mono_model}
+    mono = {
+        (task, language): value
+        for (model, task, language), (value, _) in scores.items()
+        if model == mono_model
+    }
     if not mono:
         models = sorted({model for model, _, _ in scores})
         raise ValueError(f"no within-language record of mono_model={mono_model!r}; models found: {models}")
@@ -85,7 +91,9 @@ def interference_table(records: Sequence[Mapping], mono_model: str = "Mono") -> 
             }
         )
     if not rows:
-        raise ValueError(f"no multilingual within-language score shares a (task, language) with {mono_model!r}")
+        raise ValueError(
+            f"no multilingual within-language score shares a (task, language) with {mono_model!r}"
+        )
     return rows
 
 
@@ -97,7 +105,8 @@ def read_log_history(run_dir: str | Path) -> list[dict]:
         checkpoints = sorted(
             (int(match.group(1)), child / "trainer_state.json")
             for child in (run_dir.iterdir() if run_dir.is_dir() else [])
-            if (match := CHECKPOINT_PATTERN.fullmatch(child.name)) and (child / "trainer_state.json").is_file()
+            if (match := CHECKPOINT_PATTERN.fullmatch(child.name))
+            and (child / "trainer_state.json").is_file()
         )
         if not checkpoints:
             raise FileNotFoundError(
@@ -143,7 +152,11 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
 
 
 def curve_rows(curves: Mapping[str, Sequence[tuple[int, float]]], value_name: str) -> list[dict]:
-    return [{"run": name, "step": step, value_name: value} for name, points in curves.items() for step, value in points]
+    return [
+        {"run": name, "step": step, value_name: value}
+        for name, points in curves.items()
+        for step, value in points
+    ]
 
 
 def build_report(
@@ -177,7 +190,13 @@ def build_report(
         if not curves:
             raise ValueError(f"no pretraining run logged eval_{language}_loss; runs: {sorted(histories)}")
         write_rows(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
-        plot_curves(curves, output_dir / f"perplexity_{language}.png", f"Validation perplexity ({language})", "perplexity", log_y=True)
+        plot_curves(
+            curves,
+            output_dir / f"perplexity_{language}.png",
+            f"Validation perplexity ({language})",
+            "perplexity",
+            log_y=True,
+        )
         sections.append(f"## Validation perplexity, {language} (Fig. 2)\n\n![](perplexity_{language}.png)")
     if loss_runs:
         unknown = [name for name in loss_runs if name not in histories]

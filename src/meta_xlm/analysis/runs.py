@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
@@ -93,8 +92,12 @@ def gradient_conflict_over_checkpoints(
         batches = {
             language: endless(
                 language_dataloader(
-                    corpora[language], tokenizer, model.language_id(language), settings.block_size,
-                    settings.batch_size, settings.seed,
+                    corpora[language],
+                    tokenizer,
+                    model.language_id(language),
+                    settings.block_size,
+                    settings.batch_size,
+                    settings.seed,
                 )
             )
             for language in languages
@@ -142,7 +145,9 @@ def mask_analysis(
     languages = list(corpora)
     check_languages(model.config, languages, source)
     if reference_language not in corpora:
-        raise ValueError(f"reference_language={reference_language!r} is not among the analysed languages {languages}")
+        raise ValueError(
+            f"reference_language={reference_language!r} is not among the analysed languages {languages}"
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     layout = resolve_mask_layout(model, groups)
@@ -150,7 +155,9 @@ def mask_analysis(
     runs = {language: corpora[language] for language in languages}
     runs[reference_language] = reference_halves[0]
     runs[replicate_name(reference_language)] = reference_halves[1]
-    logger.info("%d gates (%s) over %d weights", layout.num_gates, ", ".join(layout.sublayers()), len(layout.weights))
+    logger.info(
+        "%d gates (%s) over %d weights", layout.num_gates, ", ".join(layout.sublayers()), len(layout.weights)
+    )
 
     pis = {}
     for index, (run, sentences) in enumerate(runs.items()):
@@ -160,11 +167,21 @@ def mask_analysis(
             sentences, tokenizer, model.language_id(language), settings.block_size, settings.batch_size, seed
         )
         pis[run] = learn_language_mask(
-            model, layout, endless(loader), settings.steps, settings.l0_lambda, settings.learning_rate, seed,
+            model,
+            layout,
+            endless(loader),
+            settings.steps,
+            settings.l0_lambda,
+            settings.learning_rate,
+            seed,
             progress=f"π {run}",
         )
-        save_pi(output_dir / f"pi_{run.replace('#', '_')}.safetensors", pis[run], layout,
-                {"language": language, "run": run, "source": source, "seed": seed})
+        save_pi(
+            output_dir / f"pi_{run.replace('#', '_')}.safetensors",
+            pis[run],
+            layout,
+            {"language": language, "run": run, "source": source, "seed": seed},
+        )
 
     pairs = [(reference_language, replicate_name(reference_language))]
     pairs += [(reference_language, language) for language in languages if language != reference_language]
@@ -176,7 +193,9 @@ def mask_analysis(
             continue
         extremes = extreme_groups(pis[language], pis[reference_language], layout, settings.extreme_count)
         write_csv(output_dir / f"mask_extremes_{language}.csv", extremes)
-        plot_extreme_groups(extremes, language, reference_language, output_dir / f"mask_extremes_{language}.png")
+        plot_extreme_groups(
+            extremes, language, reference_language, output_dir / f"mask_extremes_{language}.png"
+        )
 
     summary = {
         "source": source,
@@ -185,7 +204,9 @@ def mask_analysis(
             f"{row['pair']} {row['sublayer']}": row["cosine"] for row in similarity if row["layer"] == "all"
         },
         "pi_mean": {run: float(pi.mean()) for run, pi in pis.items()},
-        "fraction_open": {run: float((deterministic_gates(pi) > 0).double().mean()) for run, pi in pis.items()},
+        "fraction_open": {
+            run: float((deterministic_gates(pi) > 0).double().mean()) for run, pi in pis.items()
+        },
     }
     (output_dir / "mask_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
