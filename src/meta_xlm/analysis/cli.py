@@ -25,6 +25,9 @@ def parse_config_and_args(argument_classes: tuple, argv: list[str]):
                 f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
             )
         parser.set_defaults(**values)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False  # the YAML file gave it
     return parser.parse_args_into_dataclasses(args=rest)
 
 

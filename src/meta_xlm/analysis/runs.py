@@ -54,6 +54,10 @@ def training_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, folder) of a pretraining run's checkpoint-N folders, by step; the run folder itself (a saved final
     model) when it has none."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run_dir {run_dir} does not exist (expected a pretraining output_dir or a saved model)"
+        )
     found = sorted(
         (int(match.group(1)), child)
         for child in run_dir.iterdir()
