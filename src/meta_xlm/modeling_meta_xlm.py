@@ -496,13 +496,18 @@ class MetaXLMLMHead(nn.Module):
         return self.decoder(self.layer_norm(F.gelu(self.dense(features))))
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Losses in fp32 under bf16/fp16 autocast; float64 models (hypergradient checks) keep float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def cross_entropy_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
 ) -> torch.Tensor:
     """Mean cross-entropy over labels != -100, or the sum divided by `num_items_in_batch` when the Trainer gives
     it: the label count of all micro-batches of one optimizer step, so gradient accumulation weights every
     label equally (as one large batch would)."""
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+    loss = F.cross_entropy(at_least_fp32(logits), labels, ignore_index=-100, reduction="sum")
     if num_items_in_batch is None:
         return loss / labels.ne(-100).sum().clamp(min=1)
     return loss / num_items_in_batch
@@ -621,8 +626,8 @@ class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
             start = start_positions.clamp(0, length)
             end = end_positions.clamp(0, length)
             loss = (
-                F.cross_entropy(start_logits.float(), start, ignore_index=length)
-                + F.cross_entropy(end_logits.float(), end, ignore_index=length)
+                F.cross_entropy(at_least_fp32(start_logits), start, ignore_index=length)
+                + F.cross_entropy(at_least_fp32(end_logits), end, ignore_index=length)
             ) / 2
         return QuestionAnsweringModelOutput(
             loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
@@ -673,7 +678,7 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
         loss = None
         if labels is not None:
             if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+                loss = F.mse_loss(at_least_fp32(logits.squeeze(-1)), labels.to(at_least_fp32(logits).dtype), reduction="sum")
                 loss = loss / kwargs.get("num_items_in_batch", labels.numel())
             else:
                 loss = cross_entropy_loss(logits, labels.view(-1), kwargs.get("num_items_in_batch"))
