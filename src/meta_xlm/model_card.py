@@ -198,10 +198,15 @@ def training_rows(
         if num_processes is not None:
             batch = f"{per_device * accumulation * num_processes} ({batch} × {num_processes} processes)"
         rows.append(("batch (sequences per step)", batch))
-    for key, label in (("learning_rate", "learning rate"), ("meta_learning_rate", "meta learning rate (α)"),
-                       ("hypergradient", "hypergradient"), ("seed", "seed")):  # fmt: skip
-        if key in training_config:
-            rows.append((label, str(training_config[key])))
+    if "learning_rate" in training_config:
+        rows.append(("learning rate", str(training_config["learning_rate"])))
+    if training_config.get("meta_learning"):
+        # Algorithm 1: α defaults to the shared learning rate β, as in the paper.
+        alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
+        rows.append(("meta learning rate (α)", str(alpha)))
+        rows.append(("hypergradient", str(training_config.get("hypergradient", "finite_difference"))))
+    if "seed" in training_config:
+        rows.append(("seed", str(training_config["seed"])))
     precision = "bf16" if training_config.get("bf16") else "fp16" if training_config.get("fp16") else "fp32"
     if training_config:
         rows.append(("precision", precision))
