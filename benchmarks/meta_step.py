@@ -8,6 +8,7 @@ its own subprocess (its peak memory is its own), modes are interleaved over `--r
 steps after `--warmup` are reported as ratios to the plain step measured in the same run.
 
     .venv/bin/python benchmarks/meta_step.py                      # the size (about 5 minutes on 2 cores)
+    .venv/bin/python benchmarks/meta_step.py --validation-batch 8   # meta objective over one batch's worth in all
     .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
 
 Peak memory: growth of the subprocess's peak resident set size (getrusage ru_maxrss) over its resident size just
@@ -40,16 +41,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_batch(language: int, args, generator):
+def make_batch(language: int, args, generator, size: int | None = None):
     import torch
 
-    input_ids = torch.randint(5, args.vocab, (args.batch, args.length), generator=generator)
-    masked = torch.rand(args.batch, args.length, generator=generator) < 0.15
+    size = size or args.batch
+    input_ids = torch.randint(5, args.vocab, (size, args.length), generator=generator)
+    masked = torch.rand(size, args.length, generator=generator) < 0.15
     return {
         "input_ids": input_ids.masked_fill(masked, 4),
         "attention_mask": torch.ones_like(input_ids),
         "labels": input_ids.masked_fill(~masked, -100),
-        "lang_ids": torch.full((args.batch,), language, dtype=torch.long),
+        "lang_ids": torch.full((size,), language, dtype=torch.long),
     }
 
 
@@ -78,7 +80,9 @@ def measure(mode: str, args) -> dict:
         phi_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) in language_ids], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     train_batches = [make_batch(step % 2, args, generator) for step in range(4)]
-    val_batches = {code: make_batch(k, args, generator) for k, code in enumerate(LANGUAGES)}
+    val_batches = {
+        code: make_batch(k, args, generator, args.validation_batch) for k, code in enumerate(LANGUAGES)
+    }
     val_num_items = {code: count_labels([b]) for code, b in val_batches.items()}
 
     rss_before = current_rss_mib()
@@ -144,6 +148,9 @@ def parse_args(argv=None):
     parser.add_argument("--ffn", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--validation-batch", type=int, default=None,
+                        help="validation examples per language (default: --batch, the trainer's default; "
+                             "MetaXLMTrainingArguments.meta_validation_batch_size sets it in training)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per subprocess (median over all)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
@@ -153,6 +160,8 @@ def parse_args(argv=None):
         f"--{key}={getattr(args, key)}"
         for key in ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
     ]
+    if args.validation_batch is not None:
+        args.passthrough.append(f"--validation-batch={args.validation_batch}")
     return args
 
 
@@ -174,8 +183,9 @@ def main():
     time_of = {mode: statistics.median(collected[mode]["seconds"]) for mode in MODES}
     peak_of = {mode: max(collected[mode]["peak_mib"]) for mode in MODES}
     print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
-          f"FFN {args.ffn}, vocab {args.vocab}, {len(LANGUAGES)} languages (validation batch per language = "
-          f"training batch), {args.threads} threads, fp32, median of {args.steps * args.rounds} steps")
+          f"FFN {args.ffn}, vocab {args.vocab}, {len(LANGUAGES)} languages (validation batch per language "
+          f"{args.validation_batch or args.batch}), {args.threads} threads, fp32, "
+          f"median of {args.steps * args.rounds} steps")
     print(f"{'mode':<18} {'s/step':>8} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
     for mode in MODES:
         print(f"{mode:<18} {time_of[mode]:>8.3f} {time_of[mode] / time_of['plain']:>8.2f} "

@@ -117,14 +117,17 @@ def read_log_history(run_dir: str | Path) -> list[dict]:
 
 
 def perplexity_curve(history: Sequence[Mapping], language: str) -> list[tuple[int, float]]:
-    """(step, validation perplexity of `language`); exp(eval_<lang>_loss) when the perplexity was not logged."""
-    points = []
+    """(step, validation perplexity of `language`); exp(eval_<lang>_loss) when the perplexity was not logged.
+
+    One point per step: the pretraining recipe evaluates once more after training, which repeats the last
+    periodic evaluation when the run ends on an evaluation step (the later entry wins)."""
+    points: dict[int, float] = {}
     for entry in history:
         if f"eval_{language}_perplexity" in entry:
-            points.append((entry["step"], float(entry[f"eval_{language}_perplexity"])))
+            points[entry["step"]] = float(entry[f"eval_{language}_perplexity"])
         elif f"eval_{language}_loss" in entry:
-            points.append((entry["step"], math.exp(entry[f"eval_{language}_loss"])))
-    return points
+            points[entry["step"]] = math.exp(entry[f"eval_{language}_loss"])
+    return sorted(points.items())
 
 
 def loss_curve(history: Sequence[Mapping], max_step: int | None = None) -> list[tuple[int, float]]:
