@@ -551,10 +551,18 @@ class LanguagePerplexityCallback(TrainerCallback):
         self.languages = list(languages)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for language in self.languages:
-            loss = (logs or {}).get(f"eval_{language}_loss")
-            if loss is not None:
-                logs[f"eval_{language}_perplexity"] = perplexity(loss)
+        if not logs:
+            return
+        added = {
+            f"eval_{language}_perplexity": perplexity(logs[f"eval_{language}_loss"])
+            for language in self.languages
+            if f"eval_{language}_loss" in logs
+        }
+        logs.update(added)
+        # Trainer.log appended a copy of `logs` to the history before the callbacks ran: keep trainer_state.json
+        # (what the report reads) in step with what the reporters see.
+        if added and state.log_history:
+            state.log_history[-1].update(added)
 
 
 class CheckpointCompletionCallback(TrainerCallback):

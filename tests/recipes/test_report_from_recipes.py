@@ -114,12 +114,14 @@ def test_report_renders_from_real_pretrain_and_finetune_outputs(shared_data, tmp
     markdown = (out / "interference.md").read_text(encoding="utf-8")
     assert f"| ner | sw | JointPair | {mono_f1} | {joint_f1} |" in markdown
 
-    # Fig. 2: exp of the sw validation loss each pretraining run logged (trainer_state.json keeps the loss;
-    # eval_sw_perplexity only reaches the reporters), both runs in one panel
+    # Fig. 2: the sw validation perplexity each pretraining run logged to trainer_state.json (= exp of its
+    # loss), both runs in one panel
     perplexity = read_csv(out / "perplexity_sw.csv")
     for name, run_dir in (("Mono", mono), ("JointPair", joint)):
         history = logged_history(run_dir)
-        logged = [(e["step"], math.exp(e["eval_sw_loss"])) for e in history if "eval_sw_loss" in e]
+        logged = [(e["step"], e["eval_sw_perplexity"]) for e in history if "eval_sw_loss" in e]
+        assert logged and all(ppl == pytest.approx(math.exp(e["eval_sw_loss"])) for e, (_, ppl) in zip(
+            [e for e in history if "eval_sw_loss" in e], logged)), name
         plotted = [(int(r["step"]), float(r["perplexity"])) for r in perplexity if r["run"] == name]
         # one point per step, although the recipe's final evaluate() repeats the Trainer's eval at the last step
         assert [step for step, _ in plotted] == [5, 10, MAX_STEPS], (name, plotted)
