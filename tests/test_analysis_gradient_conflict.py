@@ -221,3 +221,54 @@ def test_callback_leaves_training_losses_bit_identical(tmp_path):
     assert {row["pair"] for row in rows} == {"en-sw", "en-en"}
     assert all(-1 <= float(row["cosine"]) <= 1 for row in rows)
     assert list((tmp_path / "conflict" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _measure_on_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One process of the two-process check: rank r measures the r-th of each language's two batches."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        torch.manual_seed(0)
+        model = tiny_model().eval()
+        batches = {language: iter([mlm_batch(language, 10 * rank + k)]) for k, language in enumerate(LANGUAGES)}
+        batches["en"] = iter([mlm_batch("en", 10 * rank), mlm_batch("en", 100 + 10 * rank)])
+        results = measure_gradient_conflict(model, batches, target_sentences=BATCH, seed=3)
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_measure_the_same_cosines_as_one_over_all_their_batches(tmp_path):
+    """Under DDP each process accumulates its own batches and the gradients are averaged: 2 processes with
+    one batch each (per language) must give the cosines of 1 process over both batches (float32 sums in
+    another order: 1e-5)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_measure_on_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    both = {
+        language: iter([mlm_batch(language, 10 * rank + k) for rank in range(2)])
+        for k, language in enumerate(LANGUAGES)
+    }
+    both["en"] = iter([mlm_batch("en", 10 * rank) for rank in range(2)]
+                      + [mlm_batch("en", 100 + 10 * rank) for rank in range(2)])
+    single = measure_gradient_conflict(model, both, target_sentences=2 * BATCH, seed=3)
+
+    assert ranks[0] == ranks[1]
+    assert set(single) == set(ranks[0]) == {"en-sw", "en-en"}
+    for pair, segments in single.items():
+        for segment, cosine in segments.items():
+            assert ranks[0][pair][segment] == pytest.approx(cosine, abs=1e-5), (pair, segment)
+    # and differ from what rank 0's batches alone give: the processes did combine their gradients
+    alone = {language: iter([mlm_batch(language, k)]) for k, language in enumerate(LANGUAGES)}
+    alone["en"] = iter([mlm_batch("en", 0), mlm_batch("en", 100)])
+    rank0_alone = measure_gradient_conflict(model, alone, target_sentences=BATCH, seed=3)
+    assert abs(rank0_alone["en-sw"]["all"] - single["en-sw"]["all"]) > 1e-3
