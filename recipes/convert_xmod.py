@@ -14,13 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import yaml
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
-from meta_xlm.convert import convert_xmod
-from meta_xlm.model_card import write_model_card
+from meta_xlm.cli import key_value
+from meta_xlm.convert import convert_xmod, save_converted
 
 
 @dataclass
@@ -44,13 +42,7 @@ class ConvertXmodArguments:
 
 
 def parse_rename(entries: list[str]) -> dict[str, str]:
-    rename = {}
-    for entry in entries:
-        old, separator, new = entry.partition("=")
-        if not separator or not old or not new:
-            raise SystemExit(f"error: --rename entry {entry!r} is not XMOD_CODE=NEW_CODE")
-        rename[old] = new
-    return rename
+    return dict(key_value(entry, "--rename", "XMOD_CODE=NEW_CODE") for entry in entries)
 
 
 def main(argv: list[str]) -> None:
@@ -65,13 +57,7 @@ def main(argv: list[str]) -> None:
         allow_pickle=args.allow_pickle,
         revision=args.revision,
     )
-    output_dir = Path(args.output_dir)
-    model.save_pretrained(output_dir)
-    AutoTokenizer.from_pretrained(args.source, revision=args.revision).save_pretrained(output_dir)
-    (output_dir / "convert_config.yaml").write_text(
-        yaml.safe_dump(asdict(args), sort_keys=False), encoding="utf-8"
-    )
-    write_model_card(output_dir, base_model=None if Path(args.source).exists() else args.source)
+    output_dir = save_converted(model, args.source, args.output_dir, asdict(args), revision=args.revision)
     logging.getLogger("convert_xmod").info("wrote %s", output_dir)
 
 

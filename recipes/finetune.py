@@ -19,35 +19,17 @@ from __future__ import annotations
 import logging
 import sys
 
-import yaml
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, AutoTokenizer, TrainingArguments, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes for model_type "meta_xlm")
+from meta_xlm.cli import parse_config_and_args
 from meta_xlm.tasks.finetuning import FinetuneArguments, check_arguments, run_finetuning, write_metrics
 
 logger = logging.getLogger("finetune")
 
 
-def parse_arguments(argv: list[str]) -> tuple[FinetuneArguments, TrainingArguments]:
-    """YAML (--config) values become parser defaults; the remaining command-line flags override them."""
-    parser = HfArgumentParser((FinetuneArguments, TrainingArguments))
-    config_parser = HfArgumentParser(())
-    config_parser.add_argument("--config", default=None)
-    known, rest = config_parser.parse_known_args(argv)
-    if known.config is not None:
-        with open(known.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
-        if unknown:
-            raise SystemExit(
-                f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
-            )
-        parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=rest)
-
-
 def main(argv: list[str]) -> None:
-    args, training_args = parse_arguments(argv)
+    args, training_args = parse_config_and_args((FinetuneArguments, TrainingArguments), argv)
     check_arguments(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoTokenizer, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
+from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.data import (
     CheckpointCompletionCallback,
@@ -102,50 +103,9 @@ class ModelArguments:
 ARGUMENT_CLASSES = (DataArguments, TokenizerArguments, ModelArguments, MetaXLMTrainingArguments)
 
 
-def parse_arguments(argv: list[str]):
-    """YAML (--config) values become parser defaults; the remaining command-line flags override them."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    config_parser = HfArgumentParser(())
-    config_parser.add_argument("--config", default=None)
-    config_parser.add_argument(
-        "--print_config", action="store_true", help="print the resolved arguments and exit"
-    )
-    known, rest = config_parser.parse_known_args(argv)
-    if known.config is not None:
-        with open(known.config, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        known_fields = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known_fields)
-        if unknown:
-            raise SystemExit(
-                f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
-            )
-        parser.set_defaults(**values)
-    arguments = parser.parse_args_into_dataclasses(args=rest)
-    if known.print_config:
-        resolved = {name: value for args in arguments for name, value in args_to_dict(args).items()}
-        print(yaml.safe_dump(resolved, sort_keys=False))
-        raise SystemExit(0)
-    return arguments
-
-
-def args_to_dict(arguments) -> dict:
-    return arguments.to_dict() if isinstance(arguments, TrainingArguments) else asdict(arguments)
-
-
-def key_value_pairs(entries: list[str], name: str) -> dict[str, list[str]]:
-    pairs: dict[str, list[str]] = {}
-    for entry in entries:
-        key, separator, value = entry.partition("=")
-        if not separator or not key or not value:
-            raise SystemExit(f"error: {name} entry {entry!r} is not LANG=VALUE")
-        pairs.setdefault(key, []).append(value)
-    return pairs
-
-
 def subsample_sizes(entries: list[str]) -> dict[str, int]:
     sizes = {}
-    for language, values in key_value_pairs(entries, "subsample").items():
+    for language, values in grouped_key_values(entries, "subsample").items():
         if len(values) != 1 or not values[0].isdigit():
             raise SystemExit(
                 f"error: subsample for {language!r} is {values}: expected one LANG=N, N a positive integer"
@@ -204,13 +164,13 @@ def take_over_hub_publishing(training_args) -> dict | None:
 
 
 def main(argv: list[str]) -> None:
-    data_args, tokenizer_args, model_args, training_args = parse_arguments(argv)
+    data_args, tokenizer_args, model_args, training_args = parse_config_and_args(ARGUMENT_CLASSES, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)
     seed = training_args.seed + data_args.data_seed_offset
 
-    corpus_paths = key_value_pairs(data_args.corpus_files, "corpus_files")
+    corpus_paths = grouped_key_values(data_args.corpus_files, "corpus_files", "LANG=PATH")
     subsample = subsample_sizes(data_args.subsample)
     with training_args.main_process_first(desc="corpora, tokenizer, blocks"):
         corpora = load_corpora(
@@ -272,7 +232,7 @@ def main(argv: list[str]) -> None:
         resolved = {
             name: value
             for args in (data_args, tokenizer_args, model_args, training_args)
-            for name, value in args_to_dict(args).items()
+            for name, value in arguments_to_dict(args).items()
         }
         (output_dir / "pretrain_config.yaml").write_text(
             yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"

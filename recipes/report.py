@@ -12,7 +12,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from meta_xlm.analysis.cli import key_value, parse_config_and_args
+from meta_xlm.cli import key_value, parse_config_and_args
 from meta_xlm.analysis.report import build_report, load_finetune_records
 
 logger = logging.getLogger("report")

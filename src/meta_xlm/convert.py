@@ -22,13 +22,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel, XLMRobertaForMaskedLM, XmodForMaskedLM
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, XLMRobertaForMaskedLM, XmodForMaskedLM
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.hub import load_pretrained
+from meta_xlm.model_card import write_model_card
 from meta_xlm.modeling_meta_xlm import LanguageModuleDict, MetaXLMAdapter, MetaXLMForMaskedLM
 
 logger = logging.getLogger(__name__)
@@ -341,3 +344,21 @@ def convert_xmod(
 
 
 __all__ = ["convert_xlmr", "convert_xmod", "xmod_ffn_adapter_layout"]
+
+
+def save_converted(
+    model: MetaXLMForMaskedLM,
+    source: str,
+    output_dir: str | os.PathLike,
+    settings: Mapping,
+    revision: str | None = None,
+) -> Path:
+    """Write a converted model as a complete checkpoint folder: weights and config, the source's tokenizer,
+    `convert_config.yaml` (the conversion's settings) and a model card naming the source as base model when
+    it is a Hub id."""
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(source, revision=revision).save_pretrained(output_dir)
+    (output_dir / "convert_config.yaml").write_text(yaml.safe_dump(dict(settings), sort_keys=False), encoding="utf-8")
+    write_model_card(output_dir, base_model=None if Path(source).exists() else source)
+    return output_dir

@@ -1,0 +1,67 @@
+"""Command-line plumbing shared by the recipes: a YAML file (--config) gives defaults, flags override them."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+def arguments_to_dict(arguments) -> dict:
+    """A dataclass of arguments as a plain dict (TrainingArguments through its own `to_dict`)."""
+    return arguments.to_dict() if isinstance(arguments, TrainingArguments) else asdict(arguments)
+
+
+def parse_config_and_args(argument_classes: tuple, argv: list[str]) -> tuple:
+    """Parse `argv` into the dataclasses of `argument_classes`.
+
+    `--config FILE.yaml` values become the parser's defaults (a key no dataclass has is an error naming the file
+    and the key); the remaining flags override them. `--print_config` prints the resolved arguments as YAML and
+    exits, so a run's effective settings can be checked before it starts.
+    """
+    parser = HfArgumentParser(
+        argument_classes,
+        epilog="--config FILE.yaml: the file's keys (any flag above, without --) become defaults; "
+        "--print_config: print the resolved arguments as YAML and exit.",
+    )
+    config_parser = HfArgumentParser((), add_help=False)  # --help goes to the full parser
+    config_parser.add_argument("--config", default=None, help="YAML file whose keys are the flags below")
+    config_parser.add_argument("--print_config", action="store_true", help="print the resolved arguments, exit")
+    known, rest = config_parser.parse_known_args(argv)
+    if known.config is not None:
+        with open(known.config, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            raise SystemExit(
+                f"error: {known.config}: unknown key(s) {unknown}; see `python {sys.argv[0]} --help`"
+            )
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False  # the YAML file gave it
+    arguments = parser.parse_args_into_dataclasses(args=rest)
+    if known.print_config:
+        resolved = {name: value for group in arguments for name, value in arguments_to_dict(group).items()}
+        print(yaml.safe_dump(resolved, sort_keys=False))
+        raise SystemExit(0)
+    return arguments
+
+
+def key_value(entry: str, field_name: str, expected: str) -> tuple[str, str]:
+    """Split one KEY=VALUE entry of a list flag; anything else is an error naming the flag and the entry."""
+    key, separator, value = entry.partition("=")
+    if not separator or not key or not value:
+        raise SystemExit(f"error: {field_name} entry {entry!r} is not {expected}")
+    return key, value
+
+
+def grouped_key_values(entries: list[str], field_name: str, expected: str = "LANG=VALUE") -> dict[str, list[str]]:
+    """Repeatable KEY=VALUE entries -> {key: [values in order]}."""
+    grouped: dict[str, list[str]] = {}
+    for entry in entries:
+        key, value = key_value(entry, field_name, expected)
+        grouped.setdefault(key, []).append(value)
+    return grouped

@@ -1,0 +1,54 @@
+"""The recipes' shared YAML + flags parsing (meta_xlm.cli)."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from meta_xlm.cli import grouped_key_values, key_value, parse_config_and_args
+
+
+@dataclass
+class Example:
+    name: str = field(metadata={"help": "required unless the YAML file gives it"})
+    steps: int = 3
+    languages: list[str] = field(default_factory=lambda: ["en"])
+
+
+def write_yaml(tmp_path, values) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return str(path)
+
+
+def test_yaml_gives_defaults_and_flags_override(tmp_path):
+    config = write_yaml(tmp_path, {"name": "from-yaml", "steps": 7, "languages": ["en", "sw"]})
+    (args,) = parse_config_and_args((Example,), ["--config", config, "--steps", "11"])
+    assert (args.name, args.steps, args.languages) == ("from-yaml", 11, ["en", "sw"])
+
+
+def test_unknown_yaml_key_names_the_file_and_the_key(tmp_path):
+    config = write_yaml(tmp_path, {"name": "x", "stepz": 7})
+    with pytest.raises(SystemExit, match=r"config\.yaml: unknown key\(s\) \['stepz'\]"):
+        parse_config_and_args((Example,), ["--config", config])
+
+
+def test_print_config_prints_the_resolved_arguments_and_exits(tmp_path, capsys):
+    config = write_yaml(tmp_path, {"name": "x"})
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config_and_args((Example,), ["--config", config, "--steps", "5", "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"name": "x", "steps": 5, "languages": ["en"]}
+
+
+def test_help_lists_the_dataclass_flags_and_the_config_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_config_and_args((Example,), ["--help"])
+    text = capsys.readouterr().out
+    assert "--steps" in text and "--config" in text
+
+
+def test_key_value_entries():
+    assert grouped_key_values(["en=a", "sw=b", "en=c"], "corpus_files") == {"en": ["a", "c"], "sw": ["b"]}
+    with pytest.raises(SystemExit, match="corpus_files entry 'en' is not LANG=PATH"):
+        key_value("en", "corpus_files", "LANG=PATH")
