@@ -20,25 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
+
 MODES = ("plain", "first_order", "finite_difference", "exact")
 LANGUAGES = ["en", "te"]
 PHASES = ("lookahead_gradient", "meta_objective", "higher_order", "phi_update", "theta_step")
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_batch(language: int, args, generator, size: int | None = None):
@@ -140,26 +131,13 @@ def run_subprocess(mode: str, args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--ffn", type=int, default=1024)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=2)
+    add_size_arguments(parser, steps=5)
     parser.add_argument("--validation-batch", type=int, default=None,
                         help="validation examples per language (default: --batch, the trainer's default; "
                              "MetaXLMTrainingArguments.meta_validation_batch_size sets it in training)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per subprocess (median over all)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.passthrough = [
-        f"--{key}={getattr(args, key)}"
-        for key in ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
-    ]
+    args.passthrough = size_passthrough(args)
     if args.validation_batch is not None:
         args.passthrough.append(f"--validation-batch={args.validation_batch}")
     return args

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
 
 CANDIDATES = {
     # name: (model family, language_modules)
@@ -72,16 +73,6 @@ def make_batch(family: str, args, generator):
     return batch
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
 def measure(name: str, precision: str, args) -> dict:
     """Runs in the subprocess: warm-up then timed steps of one model at one precision."""
     import torch
@@ -123,24 +114,11 @@ def run_subprocess(name: str, precision: str, args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--ffn", type=int, default=1024)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per subprocess (median over all)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
+    add_size_arguments(parser, steps=6)
     parser.add_argument("--worker", choices=list(CANDIDATES), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.passthrough = [
-        f"--{key}={getattr(args, key)}"
-        for key in ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
-    ]
+    args.passthrough = size_passthrough(args)
     return args
 
 

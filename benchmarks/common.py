@@ -1,0 +1,39 @@
+"""Plumbing shared by the training-step benchmarks (model_throughput.py, meta_step.py): the issue's model and
+batch sizes as flags, forwarding them to worker subprocesses, and resident-memory readings."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+SIZE_FLAGS = ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """Defaults: batch 16 x 128, 4 layers, hidden 256, 4 heads, FFN 1024, vocab 8000, 2 threads."""
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per subprocess (median over all)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every subprocess")
+
+
+def size_passthrough(args: argparse.Namespace) -> list[str]:
+    """The size flags as a worker subprocess's command line."""
+    return [f"--{key}={getattr(args, key)}" for key in SIZE_FLAGS]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
