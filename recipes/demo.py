@@ -33,7 +33,7 @@ DEFAULT_DATA_DIR = RECIPES.parent.parent / "shared" / "data"
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where every output of the demo goes"})
     data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "../shared/data layout"})
-    pretrain_steps: int = field(default=200)
+    pretrain_steps: int = field(default=1000, metadata={"help": "optimizer steps of each tiny pretraining run"})
     finetune_train_examples: int = field(default=1000)
     finetune_eval_examples: int = field(default=300)
     copy_cards: bool = field(
