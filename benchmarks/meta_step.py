@@ -1,4 +1,5 @@
-"""Cost of one meta-adapter step (finite difference, exact, first order) against one plain +adpt step, in one run.
+"""Cost of one meta-adapter step (central and forward finite difference, exact, first order) against one plain
++adpt step, in one run.
 
 A plain step is what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one
 single-language masked-LM batch. A meta step is what it does with meta_learning=True (Algorithm 1): lookahead
@@ -27,7 +28,7 @@ import time
 
 from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
 
-MODES = ("plain", "first_order", "finite_difference", "exact")
+MODES = ("plain", "first_order", "finite_difference", "forward_difference", "exact")
 LANGUAGES = ["en", "te"]
 PHASES = ("lookahead_gradient", "meta_objective", "higher_order", "phi_update", "theta_step")
 
@@ -51,7 +52,9 @@ def measure(mode: str, args) -> dict:
     import torch
 
     from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-    from meta_xlm.meta import count_labels, lookahead, meta_objective_gradients, mixed_hessian_vector_product
+    from meta_xlm.meta import (
+        count_labels, lookahead, meta_objective_gradients, mixed_hessian_vector_product, train_gradient,
+    )
     from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
 
     torch.set_num_threads(args.threads)
@@ -85,17 +88,20 @@ def measure(mode: str, args) -> dict:
         if mode != "plain":
             shared, phi = groups.shared, groups.languages[language]
             num_items = count_labels([batch])
-            # Eq. 3: lookahead gradient of θ (the trainer uses the same functions through meta_step_gradients).
-            loss = model(**batch, num_items_in_batch=num_items).loss
-            gradient = dict(zip(shared, torch.autograd.grad(loss, list(shared.values()))))
+            # Eq. 3: lookahead gradient of θ (the trainer uses the same functions through meta_step_gradients);
+            # forward_difference also takes φ_i's gradient there, the base point of its one-sided difference.
+            wrt = {**shared, **phi} if mode == "forward_difference" else shared
+            gradient, _ = train_gradient(model, [batch], wrt, num_items, [step])
+            at_theta = {name: gradient.pop(name) for name in phi} if mode == "forward_difference" else None
             theta_prime = lookahead(shared, gradient, 1e-4)
-            del gradient, loss
+            del gradient
             marks.append(time.perf_counter())
             outer, direct, _ = meta_objective_gradients(model, val_batches, theta_prime, language, phi, val_num_items)
             del theta_prime
             marks.append(time.perf_counter())
             higher = mixed_hessian_vector_product(
-                model, [batch], shared, phi, outer, num_items, [step], mode, fd_epsilon=0.01
+                model, [batch], shared, phi, outer, num_items, [step], mode, fd_epsilon=0.01,
+                gradient_at_theta=at_theta,
             )
             marks.append(time.perf_counter())
             for name, param in phi.items():  # Eq. 4, then φ_i's own AdamW
@@ -177,6 +183,7 @@ def main():
     print(f"finite_difference time / plain (target <= 4.0): {time_of['finite_difference'] / time_of['plain']:.2f}")
     print(f"finite_difference peak / plain (target <= 1.3): {peak_of['finite_difference'] / peak_of['plain']:.2f}")
     print(f"exact time / finite_difference (target <= 1.5): {time_of['exact'] / time_of['finite_difference']:.2f}")
+    print(f"forward_difference time / plain: {time_of['forward_difference'] / time_of['plain']:.2f}")
 
 
 if __name__ == "__main__":

@@ -71,13 +71,14 @@ def test_theta_optimizer_holds_no_language_parameter(tmp_path):
     assert len(theta_ids) == len(parameter_groups(trainer.model).shared)
 
 
-def test_gradient_accumulation_equals_the_doubled_batch(tmp_path):
+@pytest.mark.parametrize("method", ["finite_difference", "forward_difference"])
+def test_gradient_accumulation_equals_the_doubled_batch(tmp_path, method):
     """GA=2 × 4 and GA=1 × 8 see the same examples per step (LanguageBatchSampler) and must end equal; float64,
     tolerance 1e-9 absolute (the model's loss is computed in float32: ~1e-7 relative per step)."""
     finals = []
     for batch_size, accumulation in ((8, 1), (4, 2)):
         trainer = make_trainer(tmp_path / f"ga{accumulation}", max_steps=3, per_device_train_batch_size=batch_size,
-                               gradient_accumulation_steps=accumulation, max_grad_norm=1.0)
+                               gradient_accumulation_steps=accumulation, max_grad_norm=1.0, hypergradient=method)
         trainer.train()
         finals.append(snapshot(trainer.model))
     start = snapshot(tiny_model())

@@ -62,7 +62,9 @@ class MetaXLMTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "train language-specific parameters as meta-parameters (+meta adpt)"}
     )
     hypergradient: str = field(
-        default="finite_difference", metadata={"help": f"one of {HYPERGRADIENT_METHODS} (Eq. 8 / exact / dropped)"}
+        default="finite_difference",
+        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: Eq. 8 central (the paper's) / Eq. 8 one-sided (one "
+                          "probe fewer, O(ε) error) / exact / higher-order term dropped"},
     )
     meta_learning_rate: float | None = field(
         default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
