@@ -166,6 +166,11 @@ def main(argv: list[str]) -> None:
     run_recipe("results_table.py", str(output_dir / "finetune"), "--output_dir", str(output_dir / "tables"))
     write_cards(models, card_names, output_dir / "finetune", args)
 
+    print(
+        f"\nThe demo's models are tiny (2 layers, hidden 32, {args.pretrain_steps} steps on a few thousand sentences): "
+        "they check the pipeline end to end, and their scores say nothing about the paper's findings. "
+        "Paper-scale configs: recipes/configs/*.yaml (each file's header has the multi-GPU command)."
+    )
     print(f"\nDemo finished in {time.time() - started:.0f} s. Outputs in {output_dir}:")
     print(
         f"  models (AutoModelForMaskedLM / AutoTokenizer .from_pretrained): {', '.join(map(str, models.values()))}"
