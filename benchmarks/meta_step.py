@@ -184,6 +184,11 @@ def main():
     print(f"finite_difference peak / plain (target <= 1.3): {peak_of['finite_difference'] / peak_of['plain']:.2f}")
     print(f"exact time / finite_difference (target <= 1.5): {time_of['exact'] / time_of['finite_difference']:.2f}")
     print(f"forward_difference time / plain: {time_of['forward_difference'] / time_of['plain']:.2f}")
+    # The plain step runs in its own subprocesses and varies between them (0.48-0.62 s seen at the size);
+    # every meta step also contains a plain step (its θ step), timed in the same process: a second baseline.
+    for mode in ("finite_difference", "forward_difference"):
+        theta_step = statistics.median(collected[mode]["phases"]["theta_step"])
+        print(f"{mode} time / its own theta step (same process): {time_of[mode] / theta_step:.2f}")
 
 
 if __name__ == "__main__":
