@@ -276,7 +276,8 @@ def meta_step_gradients(
     gradient, train_loss = train_gradient(model, train_batches, wrt, train_num_items, seeds, all_reduce_sum)
     gradient_at_theta = None
     if method == "forward_difference":
-        gradient_at_theta = {name: gradient.pop(name) for name in language_params}
+        # cloned: after an all-reduce these are views of one flat buffer the size of θ, freed once g is built
+        gradient_at_theta = {name: gradient.pop(name).clone() for name in language_params}
     shared_lookahead = lookahead(shared, gradient, lookahead_lr)  # Eq. 3
     del gradient
     outer, direct, meta_loss = meta_objective_gradients(
