@@ -41,6 +41,7 @@ the meta step sees the whole optimizer-step batch, normalised by its total label
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,8 +53,17 @@ from transformers.optimization import get_scheduler
 
 from .meta import HYPERGRADIENT_METHODS, check_method, count_labels, meta_step_gradients
 from .modeling_meta_xlm import parameter_groups
+from .surgery import (
+    GRADIENT_SURGERY_METHODS,
+    SURGERY_GRANULARITIES,
+    LanguageGradients,
+    check_surgery_arguments,
+    parse_language_loss_weights,
+    split_by_language,
+)
 
 META_OPTIMIZER_NAME = "meta_optimizer.pt"
+SURGERY_STATE_NAME = "surgery_state.pt"
 
 
 @dataclass
@@ -76,8 +86,27 @@ class MetaXLMTrainingArguments(TrainingArguments):
                           "training examples per device of one optimizer step (batch × accumulation)"},
     )
 
+    gradient_surgery: str | None = field(
+        default=None,
+        metadata={"help": f"one of {GRADIENT_SURGERY_METHODS} or None: combine the languages' θ gradients of each "
+                          "(language-balanced) optimizer step with PCGrad or GradVac"},
+    )
+    gradvac_ema: float = field(default=0.01, metadata={"help": "β of GradVac's EMA target cosines"})
+    surgery_granularity: str = field(
+        default="model",
+        metadata={"help": f"one of {SURGERY_GRANULARITIES}: surgery on the whole θ, per layer, or per weight matrix"},
+    )
+    language_loss_weights: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LANG=WEIGHT entries, one per language: fixed per-language loss weights (scalarization); "
+                          "steps become language-balanced"},
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        check_surgery_arguments(self.gradient_surgery, self.surgery_granularity, self.gradvac_ema, self.meta_learning)
+        weights = parse_language_loss_weights(self.language_loss_weights) or {}
+        self.language_loss_weights = [f"{code}={weight}" for code, weight in weights.items()]  # a dict is fine too
         check_method(self.hypergradient)
         if self.fd_epsilon <= 0:
             raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
@@ -87,6 +116,11 @@ class MetaXLMTrainingArguments(TrainingArguments):
     @property
     def meta_lr(self) -> float:
         return self.learning_rate if self.meta_learning_rate is None else self.meta_learning_rate
+
+    @property
+    def language_balanced_steps(self) -> bool:
+        """Every optimizer step holds every language, its gradients kept apart (surgery or loss weights)."""
+        return self.gradient_surgery is not None or bool(self.language_loss_weights)
 
 
 def _lang_ids_of(dataset) -> list[int]:
@@ -167,6 +201,42 @@ class LanguageBatchSampler(Sampler[list[int]]):
                 yield block[start : start + self.batch_size]
 
 
+class LanguageBalancedBatchSampler(LanguageBatchSampler):
+    """Every optimizer step holds every language: n_l examples of language l, n_l ∝ p_l (at least 1).
+
+    The step's `batch_size × batches_per_step` examples are drawn language by language (in `config.languages`
+    order, each language from its own seeded stream) and cut into `batches_per_step` batches; a batch that straddles
+    two languages is split by the trainer. The step's examples do not depend on how they are cut, so processes and
+    accumulation steps see the same global batch. Same arguments as `LanguageBatchSampler`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        step_size = self.batch_size * self.batches_per_step
+        if step_size < len(self.codes):
+            raise ValueError(f"an optimizer step of {step_size} examples cannot hold one example of each of the "
+                             f"{len(self.codes)} languages {self.codes}")
+        self.counts = _largest_remainder(self.weights, step_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        streams = {code: _cycled_permutation(idx, generator) for code, idx in self.indices.items()}
+        for _ in range(self.num_steps):
+            block = [next(streams[code]) for code, count in zip(self.codes, self.counts) for _ in range(count)]
+            for start in range(0, len(block), self.batch_size):
+                yield block[start : start + self.batch_size]
+
+
+def _largest_remainder(probabilities: torch.Tensor, total: int) -> list[int]:
+    """Integer counts ≥ 1 summing to `total`, proportional to `probabilities` (largest-remainder rounding)."""
+    spare = total - len(probabilities)
+    shares = probabilities * spare
+    counts = shares.floor()
+    leftover = spare - int(counts.sum())
+    counts[torch.argsort(shares - counts, descending=True, stable=True)[:leftover]] += 1
+    return [1 + int(c) for c in counts]
+
+
 def _cycled_permutation(indices: torch.Tensor, generator: torch.Generator):
     while True:
         yield from indices[torch.randperm(len(indices), generator=generator)].tolist()
@@ -241,6 +311,8 @@ class MetaXLMTrainer(Trainer):
         self.meta_validation = None
         if self.meta_learning:
             self.meta_validation = self._build_meta_validation(meta_validation_datasets)
+        self.language_gradients: LanguageGradients | None = None  # built with the training sampler
+        self._surgery_cosines: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def meta_learning(self) -> bool:
@@ -283,7 +355,7 @@ class MetaXLMTrainer(Trainer):
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
     def get_train_dataloader(self) -> DataLoader:
-        if not self.meta_learning and self.language_sampling_probs is None:
+        if not self.meta_learning and self.language_sampling_probs is None and not self.language_balanced_steps:
             return super().get_train_dataloader()
         dataset = self.train_dataset
         if dataset is None:
@@ -291,7 +363,8 @@ class MetaXLMTrainer(Trainer):
         lang_ids = _lang_ids_of(dataset)
         if hasattr(dataset, "column_names"):
             dataset = self._remove_unused_columns(dataset, description="training")
-        sampler = LanguageBatchSampler(
+        sampler_class = LanguageBalancedBatchSampler if self.language_balanced_steps else LanguageBatchSampler
+        sampler = sampler_class(
             lang_ids,
             self.accelerator.unwrap_model(self.model).config.languages,
             self._train_batch_size,
@@ -299,6 +372,8 @@ class MetaXLMTrainer(Trainer):
             self.language_sampling_probs,
             self.args.seed,
         )
+        if self.language_balanced_steps:
+            self._prepare_language_gradients(sampler.codes)
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -352,6 +427,8 @@ class MetaXLMTrainer(Trainer):
         return batch_samples, num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        if self.language_balanced_steps:
+            return self._language_balanced_training_step(model, inputs, num_items_in_batch)
         if not self.meta_learning:
             return super().training_step(model, inputs, num_items_in_batch)
         if self._pending_step is not None:  # first micro-batch of an optimizer step
@@ -432,6 +509,8 @@ class MetaXLMTrainer(Trainer):
         self.meta_lr_scheduler.step()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.language_balanced_steps and "loss" in logs:
+            logs.update(self._surgery_cosine_logs())
         if self.meta_learning and self._meta_loss_count and "loss" in logs:
             logs["meta_loss"] = round(self._meta_loss_total / self._meta_loss_count, 4)
             logs["meta_learning_rate"] = self.meta_lr_scheduler.get_last_lr()[0]
@@ -441,12 +520,14 @@ class MetaXLMTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
+        self._save_surgery_state(output_dir)
         if self.meta_learning and self.args.should_save:
             state = {"optimizer": self.meta_optimizer.state_dict(), "scheduler": self.meta_lr_scheduler.state_dict()}
             torch.save(state, os.path.join(output_dir, META_OPTIMIZER_NAME))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
+        self._load_surgery_state(checkpoint)
         if checkpoint is None or not self.meta_learning:
             return
         path = os.path.join(checkpoint, META_OPTIMIZER_NAME)
@@ -457,7 +538,91 @@ class MetaXLMTrainer(Trainer):
         self.meta_lr_scheduler.load_state_dict(state["scheduler"])
 
 
+    # ------------------------------------------------------------------------------------------------ surgery
+    @property
+    def language_balanced_steps(self) -> bool:
+        return isinstance(self.args, MetaXLMTrainingArguments) and self.args.language_balanced_steps
+
+    def _prepare_language_gradients(self, languages: Sequence[str]) -> None:
+        """Per-language gradient buffers for the languages the sampler draws (kept when called again)."""
+        if self.language_gradients is not None and self.language_gradients.languages == list(languages):
+            return
+        if self.args.gradient_surgery is not None and len(languages) < 2:
+            raise ValueError(f"gradient_surgery={self.args.gradient_surgery!r} needs at least two languages with "
+                             f"training examples and a sampling probability > 0, got {list(languages)}")
+        weights = parse_language_loss_weights(self.args.language_loss_weights)
+        if weights is not None and sorted(weights) != sorted(languages):
+            raise ValueError(f"language_loss_weights names {sorted(weights)}; the languages trained are "
+                             f"{list(languages)}: give one weight per language")
+        self.language_gradients = LanguageGradients(
+            self.accelerator.unwrap_model(self.model), languages, self.args.gradient_surgery,
+            self.args.surgery_granularity, self.args.gradvac_ema, weights,
+        )
+
+    def _language_balanced_training_step(self, model, inputs, num_items_in_batch) -> torch.Tensor:
+        """One micro-batch of a language-balanced step: each language's rows add to that language's gradient;
+        the last micro-batch combines them (`LanguageGradients.finish`) into `.grad` for θ's optimizer.
+
+        Language l's loss is Σ_{rows of l} CE / N (N: the step's label count, all micro-batches and processes),
+        so the languages' losses add up to the plain step's loss, which is returned (unweighted) for logging."""
+        if num_items_in_batch is None:
+            raise ValueError("language-balanced steps need the step's label count (num_items_in_batch): the model's "
+                             "forward must accept num_items_in_batch and the batches must have labels")
+        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped.train()
+        inputs = self._prepare_inputs(inputs)
+        losses = []
+        for language_index, batch in split_by_language(inputs, len(unwrapped.config.languages)):
+            with self.compute_loss_context_manager(), self.accelerator.autocast():
+                loss = unwrapped(**batch, num_items_in_batch=num_items_in_batch).loss
+            self.language_gradients.accumulate(language_index, loss)
+            losses.append(loss.detach())
+        total = torch.stack(losses).sum()
+        if self.accelerator.sync_gradients:  # the step's last micro-batch
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+            reduce = self._all_reduce_in_place if self.args.world_size > 1 else None
+            self._surgery_cosines.append(self.language_gradients.finish(reduce, generator))
+        if self.args.average_tokens_across_devices:
+            total *= self.accelerator.num_processes  # what the Trainer's compute_loss reports, averaged in logs
+        return total
+
+    def _all_reduce_in_place(self, tensor: torch.Tensor) -> None:
+        """Sum (average_tokens_across_devices: losses already normalised by the global label count) or average
+        (as DDP does) across processes, in place: the per-language buffers are not copied."""
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        if not self.args.average_tokens_across_devices:
+            tensor /= self.args.world_size
+
+    def _surgery_cosine_logs(self) -> dict[str, float]:
+        """Mean cosine, per language pair, of the θ gradients before and after surgery since the last log."""
+        if not self._surgery_cosines:
+            return {}
+        before, after = (torch.stack(c).nanmean(0) for c in zip(*self._surgery_cosines))
+        self._surgery_cosines = []
+        languages = self.language_gradients.languages
+        logs = {}
+        for i, j in itertools.combinations(range(len(languages)), 2):
+            pair = f"{languages[i]}-{languages[j]}"
+            logs[f"surgery_cosine_before/{pair}"] = round(float(before[i, j]), 4)
+            logs[f"surgery_cosine_after/{pair}"] = round(float(after[i, j]), 4)
+        return logs
+
+    def _save_surgery_state(self, output_dir: str) -> None:
+        if self.language_gradients is not None and self.args.should_save:
+            torch.save(self.language_gradients.state_dict(), os.path.join(output_dir, SURGERY_STATE_NAME))
+
+    def _load_surgery_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None or self.language_gradients is None:
+            return
+        path = os.path.join(checkpoint, SURGERY_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing: cannot resume language-balanced steps (gradient_surgery / "
+                             "language_loss_weights) without their state (GradVac's EMA targets)")
+        self.language_gradients.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
 __all__ = [
+    "LanguageBalancedBatchSampler",
     "LanguageBatchSampler",
     "MetaValidationBatches",
     "MetaXLMTrainer",
