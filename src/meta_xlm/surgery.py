@@ -102,7 +102,9 @@ class GradVac:
         self.ema = ema
         self.targets = torch.zeros(num_groups, num_languages, num_languages, dtype=torch.float64)  # φ̂ (G, L, L)
 
-    def coefficients(self, gram: torch.Tensor, group: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def coefficients(
+        self, gram: torch.Tensor, group: int = 0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """C with g_i' = Σ_k C_ik g_k for one group's Gram matrix; updates that group's targets."""
         count = gram.shape[0]
         if self.targets.shape[1:] != (count, count):
@@ -230,21 +232,14 @@ class LanguageGradients:
         self.languages = list(languages)
         self.rows = {config_languages.index(code): row for row, code in enumerate(self.languages)}
         self.method = method
-        self.weights = torch.tensor([1.0 if weights is None else weights[c] for c in self.languages], dtype=torch.float64)
-        shared = {name: p for name, p in groups.shared.items() if p.requires_grad}
-        group_names = list(dict.fromkeys(surgery_group(name, granularity) for name in shared))
-        ordered = sorted(shared, key=lambda name: group_names.index(surgery_group(name, granularity)))
-        self.theta = [shared[name] for name in ordered]
-        sizes = [p.numel() for p in self.theta]
-        bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
-        self.groups: list[tuple[str, slice]] = []
-        for group in group_names:
-            members = [k for k, name in enumerate(ordered) if surgery_group(name, granularity) == group]
-            self.groups.append((group, slice(bounds[members[0]], bounds[members[-1] + 1])))
-        self.phi = {code: [p for p in groups.languages.get(code, {}).values() if p.requires_grad] for code in languages}
+        weights = {code: 1.0 for code in self.languages} if weights is None else weights
+        self.weights = torch.tensor([weights[code] for code in self.languages], dtype=torch.float64)  # w (L,)
+        self.theta, self.groups = _grouped_layout(groups.shared, granularity)
+        self.phi = {code: [p for p in groups.languages[code].values() if p.requires_grad] for code in self.languages}
         dtype = torch.promote_types(self.theta[0].dtype, torch.float32)
         device = self.theta[0].device
-        self.buffer = torch.zeros(len(self.languages), bounds[-1], dtype=dtype, device=device)  # G (L, n)
+        numel = sum(p.numel() for p in self.theta)
+        self.buffer = torch.zeros(len(self.languages), numel, dtype=dtype, device=device)  # G (L, n)
         self.theta_views = [list(_views(row, self.theta)) for row in self.buffer]
         phi_params = [p for code in self.languages for p in self.phi[code]]
         self.phi_buffer = torch.zeros(sum(p.numel() for p in phi_params), dtype=dtype, device=device)
@@ -315,6 +310,23 @@ class LanguageGradients:
                              f"groups; this run has {self.languages} and {len(groups)}")
         if self.gradvac is not None:
             self.gradvac.load_state_dict(state["gradvac"])
+
+
+def _grouped_layout(
+    shared: Mapping[str, nn.Parameter], granularity: str
+) -> tuple[list[nn.Parameter], list[tuple[str, slice]]]:
+    """θ's trainable parameters ordered group by group, and each group's contiguous slice of the flat vector."""
+    members: dict[str, list[nn.Parameter]] = {}
+    for name, param in shared.items():
+        if param.requires_grad:
+            members.setdefault(surgery_group(name, granularity), []).append(param)
+    ordered, groups, start = [], [], 0
+    for group, params in members.items():
+        size = sum(p.numel() for p in params)
+        ordered += params
+        groups.append((group, slice(start, start + size)))
+        start += size
+    return ordered, groups
 
 
 def _views(flat: torch.Tensor, params: Sequence[torch.Tensor]):
