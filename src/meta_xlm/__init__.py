@@ -62,6 +62,9 @@ _LAZY_EXPORTS = {
     "write_model_card": "model_card",
     "GradientConflictCallback": "analysis.gradient_conflict",
     "measure_gradient_conflict": "analysis.gradient_conflict",
+    "pcgrad": "surgery",
+    "GradVac": "surgery",
+    "LanguageBalancedBatchSampler": "trainer",
 }
 
 
