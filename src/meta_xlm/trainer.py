@@ -37,6 +37,16 @@ across processes explicitly. φ_i is clipped (`max_grad_norm`) and updated by it
 forward/backward through DDP with the NEW φ_i (Eq. 5), and θ's optimizer (which holds no language-specific
 parameter) steps. Gradient accumulation therefore gives the same update as one batch of the accumulated size:
 the meta step sees the whole optimizer-step batch, normalised by its total label count.
+
+Language-balanced steps (`gradient_surgery` or `language_loss_weights`; math in `meta_xlm.surgery`)
+--------------------------------------------------------------------------------------------------
+`LanguageBalancedBatchSampler` puts n_l ∝ p_l examples of every language in each optimizer step (the same global
+examples whatever the processes and accumulation steps). Every micro-batch is split by language and each part's
+loss (Σ CE / the step's global label count) is differentiated with `torch.autograd.grad` on the unwrapped model into
+that language's buffer (`LanguageGradients`); DDP's backward never runs. At the step's last micro-batch the buffers
+are all-reduced in place, θ's gradient is the method's combination (PCGrad / GradVac / weighted sum, the same on
+every rank: same reduced buffers, same seeded random order), φ_l's is w_l × its own language's gradient; the
+Trainer then clips and steps as usual. GradVac's EMA targets are saved with each checkpoint (`surgery_state.pt`).
 """
 
 from __future__ import annotations
