@@ -92,12 +92,15 @@ def test_one_step_by_hand_per_matrix_pcgrad_with_loss_weights(tmp_path):
     assert "surgery_cosine_after/te-pt" in logged
 
 
-@pytest.mark.parametrize("method,base", [("pcgrad", "adapters"), ("gradvac", "none")])
+@pytest.mark.parametrize("method,base", [("pcgrad", "adapters"), ("gradvac", "none"), (None, "adapters")])
 def test_gradient_accumulation_equals_the_doubled_batch(tmp_path, method, base):
+    """GA=2 × 4 and GA=1 × 8 hold the same examples per step and must end equal (None: fixed loss weights)."""
+    weights = {"en": 1.0, "te": 2.0, "pt": 0.5} if method is None else None
     finals = []
     for batch_size, accumulation in ((8, 1), (4, 2)):
         model = tiny_model() if base == "adapters" else joint_pair_model()
-        trainer = surgery_trainer(tmp_path / f"ga{accumulation}", model=model, gradient_surgery=method, max_steps=3,
+        trainer = surgery_trainer(tmp_path / f"ga{accumulation}", model=model, gradient_surgery=method,
+                                  language_loss_weights=weights, max_steps=3,
                                   per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
                                   max_grad_norm=1.0, surgery_granularity="layer", gradvac_ema=0.5)
         trainer.train()
