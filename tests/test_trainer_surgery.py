@@ -14,7 +14,7 @@ from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, 
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
-from meta_xlm.surgery import cosines, gram_matrix, pcgrad
+from meta_xlm.surgery import cosines, gram_matrix, pcgrad_coefficients
 from meta_xlm.trainer import LanguageBalancedBatchSampler, MetaXLMTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,10 +77,13 @@ def test_one_step_by_hand_per_matrix_pcgrad_with_loss_weights(tmp_path):
     theta = torch.stack([grads[code][0] for code in LANGUAGES])  # (L, n)
     shared = parameter_groups(reference).shared
     generator = torch.Generator().manual_seed(7 * 1_000_003 + 0)
-    conflicts = 0
+    conflicts, projected_gram = 0, torch.zeros(3, 3, dtype=torch.float64)
     for (name, param), columns in zip(shared.items(), theta.split([p.numel() for p in shared.values()], dim=1)):
         conflicts += int((gram_matrix(columns) < 0).any())
-        expected = param.detach() - 0.05 * pcgrad(columns * w[:, None], generator).view_as(param)
+        weighted = columns * w[:, None]  # w_l g_l, this matrix's part
+        projected = pcgrad_coefficients(gram_matrix(weighted), generator) @ weighted  # the g_l' themselves
+        projected_gram += projected @ projected.T
+        expected = param.detach() - 0.05 * projected.sum(0).view_as(param)
         torch.testing.assert_close(trainer.model.get_parameter(name), expected, rtol=1e-9, atol=1e-12, msg=name)
     assert conflicts > 0  # the surgery did something
     for k, code in enumerate(LANGUAGES):
@@ -89,7 +92,9 @@ def test_one_step_by_hand_per_matrix_pcgrad_with_loss_weights(tmp_path):
             torch.testing.assert_close(trainer.model.get_parameter(name), expected, rtol=1e-9, atol=1e-12, msg=name)
     logged = trainer.state.log_history[0]
     assert logged["surgery_cosine_before/en-te"] == round(float(cosines(gram_matrix(theta))[0, 1]), 4)
-    assert "surgery_cosine_after/te-pt" in logged
+    after = cosines(projected_gram)
+    assert logged["surgery_cosine_after/te-pt"] == round(float(after[1, 2]), 4)
+    assert logged["surgery_cosine_after/en-te"] != logged["surgery_cosine_before/en-te"]
 
 
 @pytest.mark.parametrize("method,base", [("pcgrad", "adapters"), ("gradvac", "none"), (None, "adapters")])

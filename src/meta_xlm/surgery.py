@@ -17,6 +17,7 @@ combined with the functions above and written to `.grad`. No Accelerator or Trai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -53,20 +54,31 @@ def _random_others(i: int, count: int, generator: torch.Generator | None) -> lis
     return [j for j in torch.randperm(count, generator=generator).tolist() if j != i]
 
 
+# The L × L algebra runs on Python floats: a few hundred scalar operations per group, which as torch ops would
+# cost more than the Gram matrix itself at per-matrix granularity.
+def _dot(row: list[float], column: int, gram: list[list[float]]) -> float:
+    return sum(c * gram[k][column] for k, c in enumerate(row))  # (Σ_k C_ik g_k)·g_column
+
+
+def _squared_norm(row: list[float], gram: list[list[float]]) -> float:
+    return max(sum(row[k] * _dot(row, k, gram) for k in range(len(row))), 0.0)  # ‖Σ_k C_ik g_k‖²
+
+
 def pcgrad_coefficients(gram: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """PCGrad (Yu et al. 2020, Alg. 1) on the Gram matrix: C with g_i' = Σ_k C_ik g_k.
 
     For each g_i, over j ≠ i in random order: if g_i'·g_j < 0, g_i' ← g_i' − (g_i'·g_j / ‖g_j‖²) g_j, where g_i' is
     the already projected g_i and g_j the original gradient.
     """
-    count = gram.shape[0]
-    coefficients = torch.eye(count, dtype=torch.float64)
+    gram = gram.tolist()
+    count = len(gram)
+    coefficients = [[float(k == i) for k in range(count)] for i in range(count)]
     for i in range(count):
         for j in _random_others(i, count, generator):
-            dot = coefficients[i] @ gram[:, j]  # g_i'·g_j
-            if dot < 0 and gram[j, j] > 0:
-                coefficients[i, j] -= dot / gram[j, j]
-    return coefficients
+            dot = _dot(coefficients[i], j, gram)  # g_i'·g_j
+            if dot < 0 and gram[j][j] > 0:
+                coefficients[i][j] -= dot / gram[j][j]
+    return torch.tensor(coefficients, dtype=torch.float64)
 
 
 def pcgrad(gradients: torch.Tensor | Sequence[torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -109,22 +121,22 @@ class GradVac:
         count = gram.shape[0]
         if self.targets.shape[1:] != (count, count):
             raise ValueError(f"GradVac holds targets for {self.targets.shape[1]} languages, got {count} gradients")
-        coefficients = torch.eye(count, dtype=torch.float64)
-        targets = self.targets[group]
+        gram, targets = gram.tolist(), self.targets[group].tolist()
+        coefficients = [[float(k == i) for k in range(count)] for i in range(count)]
         for i in range(count):
             for j in _random_others(i, count, generator):
-                norm_i = (coefficients[i] @ gram @ coefficients[i]).clamp_min(0).sqrt()  # ‖g_i'‖
-                norm_j = gram[j, j].clamp_min(0).sqrt()
+                norm_i, norm_j = math.sqrt(_squared_norm(coefficients[i], gram)), math.sqrt(max(gram[j][j], 0.0))
                 if norm_i == 0 or norm_j == 0:
                     continue  # no direction: no cosine to fix or to average
-                cosine = (coefficients[i] @ gram[:, j]) / (norm_i * norm_j)
-                target = targets[i, j]
+                cosine = _dot(coefficients[i], j, gram) / (norm_i * norm_j)  # φ_ij = cos(g_i', g_j)
+                target = targets[i][j]  # φ̂_ij
                 if cosine < target:
-                    sine_target = (1 - target**2).clamp_min(1e-12).sqrt()
-                    lift = norm_i * (target * (1 - cosine**2).clamp_min(0).sqrt() - cosine * sine_target)
-                    coefficients[i, j] += lift / (norm_j * sine_target)
-                targets[i, j] = (1 - self.ema) * target + self.ema * cosine
-        return coefficients
+                    sine_target = math.sqrt(max(1 - target**2, 1e-12))
+                    lift = norm_i * (target * math.sqrt(max(1 - cosine**2, 0.0)) - cosine * sine_target)
+                    coefficients[i][j] += lift / (norm_j * sine_target)
+                targets[i][j] = (1 - self.ema) * target + self.ema * cosine
+        self.targets[group] = torch.tensor(targets, dtype=torch.float64)
+        return torch.tensor(coefficients, dtype=torch.float64)
 
     def __call__(
         self, gradients: torch.Tensor | Sequence[torch.Tensor], group: int = 0, generator: torch.Generator | None = None
