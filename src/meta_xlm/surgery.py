@@ -7,8 +7,8 @@ M = G Gᵀ (float64) and the coefficient matrix C alone:
 
     g_i'·g_j = (C M)_ij,      ‖g_i'‖² = (C M Cᵀ)_ii,      Σ_i g_i' = (Cᵀ 1)ᵀ G.
 
-Only the Gram matrix and the final weighted sum touch full-length vectors: the cost of a surgery step over a plain
-one is one (L, n) × (n, L) product and one L-term sum, and no modified copy of any gradient is ever stored.
+Only the Gram matrix and the final weighted sum touch full-length vectors: beyond one backward pass per language, a
+surgery step costs one (L, n) × (n, L) product and one L-term sum, and no modified copy of a gradient is stored.
 
 The second half of the module (`LanguageGradients`) is the trainer's side: one gradient buffer per language for
 an optimizer step, filled micro-batch by micro-batch, summed across processes through a callable the caller gives,
@@ -29,7 +29,7 @@ from .modeling_meta_xlm import parameter_groups
 GRADIENT_SURGERY_METHODS = ("pcgrad", "gradvac")
 SURGERY_GRANULARITIES = ("model", "layer", "matrix")
 
-AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
+AllReduceInPlace = Callable[[torch.Tensor], None]  # sums a tensor across processes, in place
 
 
 # ---------------------------------------------------------------------------------------------- the math
@@ -47,7 +47,7 @@ def gram_matrix(gradients: torch.Tensor) -> torch.Tensor:
 
 def combine(gradients: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """Σ_i g_i' = (Cᵀ 1)ᵀ G: the update of θ, shape (n,)."""
-    return coefficients.sum(0).to(gradients.dtype) @ gradients
+    return coefficients.sum(0).to(gradients.device, gradients.dtype) @ gradients
 
 
 def _random_others(i: int, count: int, generator: torch.Generator | None) -> list[int]:
@@ -176,8 +176,8 @@ def parse_language_loss_weights(entries: Sequence[str] | Mapping[str, float] | N
         try:
             weight = float(value)
         except ValueError:
-            weight = -1.0
-        if not code or code in weights or weight < 0:
+            weight = math.nan
+        if not code or code in weights or not weight >= 0:
             raise ValueError(f"language_loss_weights entry {entry!r} is not LANG=WEIGHT (one per language, >= 0)")
         weights[code] = weight
     return weights
@@ -277,7 +277,7 @@ class LanguageGradients:
             if grad is not None:
                 target.add_(grad)
 
-    def finish(self, all_reduce_sum_: Callable[[torch.Tensor], None] | None,
+    def finish(self, all_reduce_sum_: AllReduceInPlace | None,
                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum the buffers across processes (in place), combine, write `.grad` of θ and φ.
 
