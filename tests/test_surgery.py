@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from meta_xlm.model_card import training_rows
 from meta_xlm.surgery import GradVac, cosines, gram_matrix, parse_language_loss_weights, pcgrad
 
 
@@ -138,3 +139,10 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="is not LANG=WEIGHT"):
         parse_language_loss_weights(["en=-1"])
     assert parse_language_loss_weights({"en": 1, "sw": 2.5}) == {"en": 1.0, "sw": 2.5}
+
+
+def test_model_card_rows_name_the_surgery_and_the_loss_weights():
+    settings = {"gradient_surgery": "gradvac", "surgery_granularity": "layer", "language_loss_weights": ["en=1.0", "sw=2.0"]}
+    rows = dict(training_rows(settings, None, "CPU", None))
+    assert rows["gradient surgery"] == "gradvac per layer" and rows["language loss weights"] == "en=1.0, sw=2.0"
+    assert "gradient surgery" not in dict(training_rows({"gradient_surgery": None}, None, "CPU", None))

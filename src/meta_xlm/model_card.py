@@ -205,6 +205,11 @@ def training_rows(
         alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
         rows.append(("meta learning rate (α)", str(alpha)))
         rows.append(("hypergradient", str(training_config.get("hypergradient", "finite_difference"))))
+    if training_config.get("gradient_surgery"):
+        granularity = training_config.get("surgery_granularity", "model")
+        rows.append(("gradient surgery", f"{training_config['gradient_surgery']} per {granularity}"))
+    if training_config.get("language_loss_weights"):
+        rows.append(("language loss weights", ", ".join(training_config["language_loss_weights"])))
     if "seed" in training_config:
         rows.append(("seed", str(training_config["seed"])))
     precision = "bf16" if training_config.get("bf16") else "fp16" if training_config.get("fp16") else "fp32"
