@@ -15,11 +15,16 @@ This file imports only torch, transformers and the configuration module, so chec
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file, save_file  # a dependency of transformers itself
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -435,6 +440,48 @@ class MetaXLMPreTrainedModel(PreTrainedModel):
         """Index of a language code in `config.languages` (the value `lang_ids` holds for it)."""
         return self.config.language_id(code)
 
+    # -- Language lifecycle (X-MOD / AdapterHub style); the work is done by the functions at the end of the file.
+    def set_default_language(self, code: str | None) -> None:
+        """The language used when a forward call gives no `lang_ids` (X-MOD's `set_default_language`);
+        None requires `lang_ids` again."""
+        if code is not None:
+            self.config.language_id(code)  # raises naming the code and this model's languages
+        self.config.default_language = code
+
+    def add_language(self, code: str, init_from: str | None = None) -> None:
+        """Add language `code` after the existing ones (their `lang_ids` keep their values): new modules in every
+        `LanguageModuleDict` (freshly initialised, or copies of language `init_from`), a new row in the XLM
+        language embedding if there is one, and `config.languages` extended, so `save_pretrained` stores it."""
+        add_language_modules(self, code, init_from)
+
+    def freeze_embeddings_and_language_adapters(self) -> None:
+        """X-MOD's freezing before fine-tuning: the embeddings (and so the tied MLM decoder), every
+        language-specific module, the shared adapters and X-MOD's shared `adapter_layer_norm` stop training."""
+        base = self.base_model
+        frozen = [base.embeddings]
+        frozen += [m for m in base.modules() if isinstance(m, (LanguageModuleDict, MetaXLMAdapter))]
+        frozen += [layer.output.adapter_layer_norm for layer in base.encoder.layer]
+        for module in frozen:
+            if module is not None:
+                module.requires_grad_(False)
+
+    def train_only_languages(self, languages: list[str], embeddings: bool = False) -> list[str]:
+        """Freeze everything except the modules of `languages` (X-MOD's post-hoc extension to a new language:
+        every shared weight frozen), plus the word and language embeddings with `embeddings=True`.
+        Returns the names of the parameters left trainable."""
+        return train_only_language_modules(self, languages, embeddings)
+
+    def save_language_modules(self, directory: str | Path, languages: list[str]) -> Path:
+        """Write only `languages`' parameters (safetensors) and a small JSON describing them: module kinds,
+        shapes, and a fingerprint of the shared weights they were trained with. Returns the directory."""
+        return save_language_modules(self, Path(directory), list(languages))
+
+    def load_language_modules(self, directory: str | Path, check_base: bool = True) -> list[str]:
+        """Load modules written by `save_language_modules`, adding languages this model lacks. Refused, with
+        what differs, when module kinds, architecture or (with `check_base`) the shared weights do not match.
+        Returns the languages loaded."""
+        return load_language_modules(self, Path(directory), check_base)
+
     def as_requested(self, outputs, return_dict: bool | None):
         """The ModelOutput, or its tuple (None fields dropped) with `return_dict=False` (or config.return_dict)."""
         return outputs if pick(return_dict, self.config.return_dict) else outputs.to_tuple()
@@ -813,6 +860,177 @@ def parameter_groups(model: nn.Module) -> ParameterGroups:
         else:
             groups.languages[code][name] = param
     return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Language lifecycle: add a language, train only some languages, share one language's modules
+# ----------------------------------------------------------------------------------------------------------------
+LANGUAGE_MODULES_WEIGHTS = "language_modules.safetensors"
+LANGUAGE_MODULES_DESCRIPTION = "language_modules.json"
+# Fields that fix the shapes and the computation of language modules: they must agree to load modules.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "adapter_reduction_factor", "adapter_activation", "shared_adapters", "use_language_embeddings",
+    "ffn_adapter_placement", "ffn_adapter_input_norm", "ffn_adapter_skip",
+)  # fmt: skip
+
+
+def add_language_modules(model: MetaXLMPreTrainedModel, code: str, init_from: str | None) -> None:
+    languages = model.config.languages
+    if not isinstance(code, str) or not code:
+        raise ValueError(f"add_language: code must be a non-empty string, got {code!r}")
+    if code in languages:
+        raise ValueError(f"add_language: {code!r} is already one of this model's languages {languages}")
+    source = None if init_from is None else model.config.language_id(init_from)
+    for module_dict in [m for m in model.modules() if isinstance(m, LanguageModuleDict)]:
+        module_dict[code] = new_language_module(model, module_dict, init_from)
+    embeddings = model.base_model.embeddings
+    if embeddings.language_embeddings is not None:
+        embeddings.language_embeddings = grown_language_embedding(
+            embeddings.language_embeddings, source, model.config.initializer_range
+        )
+    model.config.languages = [*languages, code]
+
+
+def new_language_module(model, module_dict: LanguageModuleDict, init_from: str | None) -> nn.Module:
+    """A copy of language `init_from`'s module, or a fresh one initialised as `post_init` initialises weights."""
+    template = next(iter(module_dict.values()))
+    if init_from is not None:
+        return copy.deepcopy(module_dict[init_from])
+    module = module_dict.make_module()
+    module.apply(model._init_weights)
+    reference = next(template.parameters())
+    return module.to(device=reference.device, dtype=reference.dtype)
+
+
+def grown_language_embedding(old: nn.Embedding, source: int | None, std: float) -> nn.Embedding:
+    """The XLM language embedding with one more row: a copy of row `source`, or drawn as at initialisation."""
+    new = nn.Embedding(old.num_embeddings + 1, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[:-1] = old.weight
+        if source is None:
+            new.weight[-1].normal_(0.0, std)
+        else:
+            new.weight[-1] = old.weight[source]
+    return new
+
+
+def modules_of(model: nn.Module, languages: list[str]) -> dict[str, dict[str, nn.Parameter]]:
+    """Each language's parameters; raises naming codes that are unknown or own no parameters."""
+    own = parameter_groups(model).languages
+    bad = [code for code in languages if not own.get(code)]
+    if not languages or bad:
+        raise ValueError(
+            f"languages {bad or languages!r}: expected a non-empty list of this model's languages "
+            f"{model.config.languages} that have language-specific modules "
+            f"(config.language_modules={model.config.language_modules!r})"
+        )
+    return {code: own[code] for code in languages}
+
+
+def train_only_language_modules(model: MetaXLMPreTrainedModel, languages: list[str], embeddings: bool) -> list[str]:
+    chosen = modules_of(model, list(languages))
+    model.requires_grad_(False)
+    for params in chosen.values():
+        for param in params.values():
+            param.requires_grad_(True)
+    if embeddings:
+        base_embeddings = model.base_model.embeddings
+        base_embeddings.word_embeddings.requires_grad_(True)
+        if base_embeddings.language_embeddings is not None:
+            base_embeddings.language_embeddings.requires_grad_(True)
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def shared_fingerprint(base: nn.Module) -> dict:
+    """SHA-256 of every shared weight of the base model (bytes, shape, dtype), and of all of them together.
+    The pooler (absent under task heads) and the language embedding (grows with each language) are left out."""
+    digests = {}
+    for name, param in sorted(parameter_groups(base).shared.items()):
+        if name.startswith("pooler.") or name == "embeddings.language_embeddings.weight":
+            continue
+        data = param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header = f"{tuple(param.shape)}|{param.dtype}|".encode()
+        digests[name] = hashlib.sha256(header + data).hexdigest()[:16]
+    total = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    return {"sha256": total, "parameters": digests}
+
+
+def save_language_modules(model: MetaXLMPreTrainedModel, directory: Path, languages: list[str]) -> Path:
+    base = model.base_model
+    chosen = modules_of(base, languages)
+    tensors = {name: p.detach().cpu().contiguous() for params in chosen.values() for name, p in params.items()}
+    owner = {name: code for code, params in chosen.items() for name in params}
+    language_embeddings = base.embeddings.language_embeddings
+    if language_embeddings is not None:
+        for code in languages:
+            name = f"embeddings.language_embeddings.{code}"
+            tensors[name] = language_embeddings.weight[model.config.language_id(code)].detach().cpu().clone()
+            owner[name] = code
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / LANGUAGE_MODULES_WEIGHTS), metadata={"format": "pt"})
+    description = {
+        "format": "meta_xlm.language_modules",
+        "version": 1,
+        "languages": languages,
+        "language_modules": list(model.config.language_module_kinds),
+        "architecture": {field: getattr(model.config, field) for field in ARCHITECTURE_FIELDS},
+        "parameters": {name: {"language": owner[name], "shape": list(t.shape)} for name, t in tensors.items()},
+        "shared_fingerprint": shared_fingerprint(base),
+    }
+    (directory / LANGUAGE_MODULES_DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+    return directory
+
+
+def base_mismatches(model: MetaXLMPreTrainedModel, description: dict, check_base: bool) -> list[str]:
+    """What differs between the model the modules were saved from and this one, in words."""
+    problems = []
+    saved_kinds, kinds = description["language_modules"], list(model.config.language_module_kinds)
+    if saved_kinds != kinds:
+        problems.append(f"module kinds differ: saved {saved_kinds}, this model {kinds}")
+    for field, saved in description["architecture"].items():
+        if getattr(model.config, field) != saved:
+            problems.append(f"{field} differs: saved {saved!r}, this model {getattr(model.config, field)!r}")
+    if check_base and not problems:
+        saved = description["shared_fingerprint"]["parameters"]
+        current = shared_fingerprint(model.base_model)["parameters"]
+        differing = sorted(name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name))
+        if differing:
+            problems.append(
+                f"the shared weights differ from the base the modules were trained with: {len(differing)} of "
+                f"{len(saved)} tensors, e.g. {differing[:3]} (check_base=False loads them anyway)"
+            )
+    return problems
+
+
+def load_language_modules(model: MetaXLMPreTrainedModel, directory: Path, check_base: bool) -> list[str]:
+    description_path = directory / LANGUAGE_MODULES_DESCRIPTION
+    if not description_path.is_file():
+        raise ValueError(f"{directory} has no {LANGUAGE_MODULES_DESCRIPTION}: not written by save_language_modules")
+    description = json.loads(description_path.read_text())
+    problems = base_mismatches(model, description, check_base)
+    if problems:
+        raise ValueError(f"cannot load the language modules in {directory} into this model: " + "; ".join(problems))
+    for code in description["languages"]:
+        if code not in model.config.languages:
+            model.add_language(code)
+    tensors = load_file(str(directory / LANGUAGE_MODULES_WEIGHTS))
+    base = model.base_model
+    targets = {name: p for params in modules_of(base, description["languages"]).values() for name, p in params.items()}
+    for code in description["languages"]:
+        if base.embeddings.language_embeddings is not None:
+            targets[f"embeddings.language_embeddings.{code}"] = base.embeddings.language_embeddings.weight[
+                model.config.language_id(code)
+            ]
+    if targets.keys() != tensors.keys() or any(targets[n].shape != t.shape for n, t in tensors.items()):
+        raise ValueError(
+            f"the language modules in {directory} do not fit this model: names or shapes differ, e.g. "
+            f"{sorted(targets.keys() ^ tensors.keys())[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            targets[name].copy_(tensor)
+    return list(description["languages"])
 
 
 __all__ = [
