@@ -216,3 +216,19 @@ def test_bad_language_module_lists_raise_naming_the_field(value, message):
     with pytest.raises(ValueError, match=message) as error:
         tiny_config(language_modules=value)
     assert "language_modules" in str(error.value)
+
+
+def test_convert_xlmr_with_a_list_of_kinds_equals_its_source_for_every_language():
+    from test_convert import BATCH as CONVERT_BATCH, assert_same_logits, make_inputs, tiny_xlmr
+
+    from meta_xlm import convert_xlmr
+
+    source = tiny_xlmr()
+    batch = make_inputs()
+    expected = source(**batch).logits
+    model = convert_xlmr(source, ["en", "te"], ["layernorm", "ffn", "adapters"])
+    assert model.config.language_modules == KINDS
+    assert "roberta.encoder.layer.0.output.LayerNorm.te.weight" in parameter_groups(model).languages["te"]
+    for lang in range(2):
+        actual = model(**batch, lang_ids=torch.full((CONVERT_BATCH,), lang)).logits
+        assert_same_logits(actual, expected, batch["attention_mask"])
