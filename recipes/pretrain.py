@@ -113,14 +113,17 @@ class ExtensionArguments:
         metadata={"help": "pretrained MetaXLM masked LM to add languages to: `languages` = its languages + new ones"},
     )
     extend_init_from: str | None = field(
-        default=None, metadata={"help": "start the new languages' modules as copies of this language's (default: fresh)"}
+        default=None,
+        metadata={"help": "start the new languages' modules as copies of this language's (default: fresh)"},
     )
     extend_train_embeddings: bool = field(
         default=False, metadata={"help": "also train the word embeddings (the old languages' outputs then change)"}
     )
 
 
-ARGUMENT_CLASSES = (DataArguments, TokenizerArguments, ModelArguments, ExtensionArguments, MetaXLMTrainingArguments)
+ARGUMENT_CLASSES = (
+    DataArguments, TokenizerArguments, ModelArguments, ExtensionArguments, MetaXLMTrainingArguments
+)  # fmt: skip
 
 
 def subsample_sizes(entries: list[str]) -> dict[str, int]:
@@ -164,16 +167,22 @@ def build_tokenizer(tokenizer_args, train_sentences, training_args, resume: str 
     return tokenizer
 
 
-def extend_pretrained(extension_args, languages: list[str]) -> tuple[MetaXLMForMaskedLM, list[str]]:
-    """The model in `extend_model` with the languages after its own added, only their modules trainable."""
-    model = MetaXLMForMaskedLM.from_pretrained(extension_args.extend_model)
-    old = model.config.languages
+def new_languages(extension_args, languages: list[str]) -> list[str]:
+    """The languages `--extend_model` adds (checked before any data is read)."""
+    old = MetaXLMConfig.from_pretrained(extension_args.extend_model).languages
     new = languages[len(old) :]
     if languages[: len(old)] != old or not new:
         raise SystemExit(
             f"error: with --extend_model, --languages {languages} must be the model's languages {old} followed by "
             "at least one new language"
         )
+    return new
+
+
+def extend_pretrained(extension_args, languages: list[str]) -> tuple[MetaXLMForMaskedLM, list[str]]:
+    """The model in `extend_model` with the languages after its own added, only their modules trainable."""
+    new = new_languages(extension_args, languages)
+    model = MetaXLMForMaskedLM.from_pretrained(extension_args.extend_model)
     for code in new:
         model.add_language(code, init_from=extension_args.extend_init_from)
     trainable = model.train_only_languages(new, embeddings=extension_args.extend_train_embeddings)
@@ -201,9 +210,12 @@ def take_over_hub_publishing(training_args) -> dict | None:
 
 
 def main(argv: list[str]) -> None:
-    data_args, tokenizer_args, model_args, extension_args, training_args = parse_config_and_args(ARGUMENT_CLASSES, argv)
-    if extension_args.extend_model and tokenizer_args.tokenizer_name_or_path is None:
-        tokenizer_args.tokenizer_name_or_path = extension_args.extend_model
+    data_args, tokenizer_args, model_args, extension_args, training_args = parse_config_and_args(
+        ARGUMENT_CLASSES, argv
+    )
+    if extension_args.extend_model:
+        new_languages(extension_args, data_args.languages)
+        tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)
@@ -242,7 +254,10 @@ def main(argv: list[str]) -> None:
     if extension_args.extend_model:
         model, new_languages = extend_pretrained(extension_args, data_args.languages)
         tokenizer.init_kwargs["languages"] = list(data_args.languages)
-        sampling_probabilities = {code: p if code in new_languages else 0.0 for code, p in sampling_probabilities.items()}
+        # the old languages keep their validation data but get no training steps
+        sampling_probabilities = {
+            code: p if code in new_languages else 0.0 for code, p in sampling_probabilities.items()
+        }
     else:
         config = MetaXLMConfig(
             vocab_size=len(tokenizer),

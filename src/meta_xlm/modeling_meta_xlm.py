@@ -346,7 +346,9 @@ class MetaXLMOutput(nn.Module):
         self.adapter_input_norm = config.ffn_adapter_input_norm
         self.adapter_skip = config.ffn_adapter_skip
         # X-MOD's adapter_layer_norm: one LayerNorm before the adapters, shared by all languages (same name).
-        self.adapter_layer_norm = layer_norm(config) if config.ffn_adapter_input_norm == "adapter_layer_norm" else None
+        self.adapter_layer_norm = (
+            layer_norm(config) if config.ffn_adapter_input_norm == "adapter_layer_norm" else None
+        )
 
     def forward(self, intermediate, residual, routing: LanguageRouting) -> torch.Tensor:
         z = run_module(self.dense, routing, intermediate)
@@ -895,8 +897,8 @@ def add_language_modules(model: MetaXLMPreTrainedModel, code: str, init_from: st
 def new_language_module(model, module_dict: LanguageModuleDict, init_from: str | None) -> nn.Module:
     """A copy of language `init_from`'s module, or a fresh one initialised as `post_init` initialises weights."""
     template = next(iter(module_dict.values()))
-    if init_from is not None:
-        return copy.deepcopy(module_dict[init_from])
+    if init_from is not None:  # the copy shares the model's config (attention reads its implementation there)
+        return copy.deepcopy(module_dict[init_from], memo={id(model.config): model.config})
     module = module_dict.make_module()
     module.apply(model._init_weights)
     reference = next(template.parameters())
@@ -1016,7 +1018,8 @@ def load_language_modules(model: MetaXLMPreTrainedModel, directory: Path, check_
             model.add_language(code)
     tensors = load_file(str(directory / LANGUAGE_MODULES_WEIGHTS))
     base = model.base_model
-    targets = {name: p for params in modules_of(base, description["languages"]).values() for name, p in params.items()}
+    chosen = modules_of(base, description["languages"])
+    targets = {name: p for params in chosen.values() for name, p in params.items()}
     for code in description["languages"]:
         if base.embeddings.language_embeddings is not None:
             targets[f"embeddings.language_embeddings.{code}"] = base.embeddings.language_embeddings.weight[

@@ -13,6 +13,7 @@ from meta_xlm import MetaXLMConfig, MetaXLMForMaskedLM
 from meta_xlm.data import train_shared_tokenizer
 
 EN_TE_TEXT = {"en": ("text", "en", "ud_ewt_train_text.txt.gz"), "te": ("text", "te", "ud_mtg_train_text.txt.gz")}
+KN_TEXT = ("text", "kn", "vaddaradhane_old_kannada_prose.txt.gz")
 
 
 def make_en_te_model(directory, shared_data) -> MetaXLMForMaskedLM:
@@ -40,12 +41,13 @@ def eval_losses(output_dir, language: str) -> list[float]:
 
 @pytest.mark.slow
 def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path):
-    shared_data("text", "kn")
     base = make_en_te_model(tmp_path / "en_te", shared_data)
+    one_file_each = [f"{code}={shared_data(*parts)}" for code, parts in {**EN_TE_TEXT, "kn": KN_TEXT}.items()]
     output_dir = tmp_path / "en_te_kn"
     extend = ["--extend_model", str(tmp_path / "en_te"), "--languages", "en", "te", "kn", "--subsample", "en=100",
               "te=100", "kn=400", "--validation_sentences", "60", "--max_steps", "40", "--learning_rate", "0.01", "--eval_on_start", "true",
-              "--eval_steps", "40", "--save_strategy", "no", "--report_to", "none", "--output_dir", str(output_dir)]  # fmt: skip
+              "--eval_steps", "40", "--save_strategy", "no", "--report_to", "none", "--output_dir", str(output_dir),
+              "--corpus_files", *one_file_each]  # fmt: skip
     result = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, *extend)])
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -63,7 +65,7 @@ def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_extension_needs_the_models_languages_first(shared_data, tmp_path):
-    make_en_te_model(tmp_path / "en_te", shared_data)
+    MetaXLMConfig(languages=["en", "te"]).save_pretrained(tmp_path / "en_te")  # checked before data or weights
     extend = ["--extend_model", str(tmp_path / "en_te"), "--languages", "te", "kn", "--max_steps", "1",
               "--output_dir", str(tmp_path / "out")]  # fmt: skip
     result = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, *extend)])
