@@ -252,11 +252,11 @@ def main(argv: list[str]) -> None:
     )  # the Trainer seeds only after the model exists: seed its initialisation here
     sampling_probabilities = data.sampling_probabilities
     if extension_args.extend_model:
-        model, new_languages = extend_pretrained(extension_args, data_args.languages)
+        model, added = extend_pretrained(extension_args, data_args.languages)
         tokenizer.init_kwargs["languages"] = list(data_args.languages)
         # the old languages keep their validation data but get no training steps
         sampling_probabilities = {
-            code: p if code in new_languages else 0.0 for code, p in sampling_probabilities.items()
+            code: p if code in added else 0.0 for code, p in sampling_probabilities.items()
         }
     else:
         config = MetaXLMConfig(
