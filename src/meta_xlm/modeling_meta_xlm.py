@@ -84,9 +84,9 @@ class LanguageModuleDict(nn.ModuleDict):
     """One module per language code; a forward call sends each language's rows to its own module.
 
     Positional tensor arguments are split along the batch dimension; `None` arguments and keyword options pass
-    through to every language's module unchanged. A module
-    that returns a tuple (attention with its probabilities) gets each element concatenated (None stays None).
-    `make_module` builds a fresh module for a language added later (`add_language`).
+    through to every language's module unchanged. A module that returns a tuple (attention with its
+    probabilities) gets each element concatenated (None stays None). `make_module` builds a fresh module for a
+    language added later (`add_language`).
     """
 
     def __init__(self, modules: dict[str, nn.Module], make_module=None):
