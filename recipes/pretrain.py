@@ -7,6 +7,12 @@ command line; the command line wins. An unknown key is an error. `--resume_from_
 the newest complete checkpoint in output_dir. The output folder gets the model card (README.md, written by
 meta_xlm.model_card); `--push_to_hub --hub_model_id USER/NAME [--hub_revision BRANCH] [--hub_private_repo true]`
 then uploads the folder once, after saving (meta_xlm.hub.push_to_hub).
+
+Adding a language to a pretrained model (X-MOD's post-hoc extension): `--extend_model DIR --languages en te kn`
+loads the masked LM in DIR (languages en, te) and its tokenizer, adds kn's language modules, and trains only
+them on kn text (`--extend_train_embeddings true` also trains the embeddings, which changes en and te too).
+The old languages keep their data for validation but get no training steps, and their outputs stay
+bit-identical. The architecture fields below are then taken from DIR.
 """
 
 from __future__ import annotations
@@ -100,7 +106,24 @@ class ModelArguments:
     max_position_embeddings: int = 514
 
 
-ARGUMENT_CLASSES = (DataArguments, TokenizerArguments, ModelArguments, MetaXLMTrainingArguments)
+@dataclass
+class ExtensionArguments:
+    extend_model: str | None = field(
+        default=None,
+        metadata={"help": "pretrained MetaXLM masked LM to add languages to: `languages` = its languages + new ones"},
+    )
+    extend_init_from: str | None = field(
+        default=None,
+        metadata={"help": "start the new languages' modules as copies of this language's (default: fresh)"},
+    )
+    extend_train_embeddings: bool = field(
+        default=False, metadata={"help": "also train the word embeddings (the old languages' outputs then change)"}
+    )
+
+
+ARGUMENT_CLASSES = (
+    DataArguments, TokenizerArguments, ModelArguments, ExtensionArguments, MetaXLMTrainingArguments
+)  # fmt: skip
 
 
 def subsample_sizes(entries: list[str]) -> dict[str, int]:
@@ -144,6 +167,29 @@ def build_tokenizer(tokenizer_args, train_sentences, training_args, resume: str 
     return tokenizer
 
 
+def new_languages(extension_args, languages: list[str]) -> list[str]:
+    """The languages `--extend_model` adds (checked before any data is read)."""
+    old = MetaXLMConfig.from_pretrained(extension_args.extend_model).languages
+    new = languages[len(old) :]
+    if languages[: len(old)] != old or not new:
+        raise SystemExit(
+            f"error: with --extend_model, --languages {languages} must be the model's languages {old} followed by "
+            "at least one new language"
+        )
+    return new
+
+
+def extend_pretrained(extension_args, languages: list[str]) -> tuple[MetaXLMForMaskedLM, list[str]]:
+    """The model in `extend_model` with the languages after its own added, only their modules trainable."""
+    new = new_languages(extension_args, languages)
+    model = MetaXLMForMaskedLM.from_pretrained(extension_args.extend_model)
+    for code in new:
+        model.add_language(code, init_from=extension_args.extend_init_from)
+    trainable = model.train_only_languages(new, embeddings=extension_args.extend_train_embeddings)
+    logger.info("extending %s with %s: %d trainable tensors", extension_args.extend_model, new, len(trainable))
+    return model, new
+
+
 def take_over_hub_publishing(training_args) -> dict | None:
     """The Hub push this run asked for (--push_to_hub --hub_model_id [--hub_revision] [--hub_private_repo]).
 
@@ -164,7 +210,12 @@ def take_over_hub_publishing(training_args) -> dict | None:
 
 
 def main(argv: list[str]) -> None:
-    data_args, tokenizer_args, model_args, training_args = parse_config_and_args(ARGUMENT_CLASSES, argv)
+    data_args, tokenizer_args, model_args, extension_args, training_args = parse_config_and_args(
+        ARGUMENT_CLASSES, argv
+    )
+    if extension_args.extend_model:
+        new_languages(extension_args, data_args.languages)
+        tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)
@@ -196,16 +247,25 @@ def main(argv: list[str]) -> None:
         )
     logger.info("language sampling probabilities: %s", data.sampling_probabilities)
 
-    config = MetaXLMConfig(
-        vocab_size=len(tokenizer),
-        languages=data_args.languages,
-        default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
-        **asdict(model_args),
-    )
     set_seed(
         training_args.seed
     )  # the Trainer seeds only after the model exists: seed its initialisation here
-    model = MetaXLMForMaskedLM(config)
+    sampling_probabilities = data.sampling_probabilities
+    if extension_args.extend_model:
+        model, added = extend_pretrained(extension_args, data_args.languages)
+        tokenizer.init_kwargs["languages"] = list(data_args.languages)
+        # the old languages keep their validation data but get no training steps
+        sampling_probabilities = {
+            code: p if code in added else 0.0 for code, p in sampling_probabilities.items()
+        }
+    else:
+        config = MetaXLMConfig(
+            vocab_size=len(tokenizer),
+            languages=data_args.languages,
+            default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
+            **asdict(model_args),
+        )
+        model = MetaXLMForMaskedLM(config)
     trainer = MetaXLMTrainer(
         model=model,
         args=training_args,
@@ -215,7 +275,7 @@ def main(argv: list[str]) -> None:
             tokenizer, mlm_probability=data_args.mlm_probability, seed=training_args.seed
         ),
         processing_class=tokenizer,
-        language_sampling_probs=data.sampling_probabilities,
+        language_sampling_probs=sampling_probabilities,
         meta_validation_datasets=data.validation,
         callbacks=[CheckpointCompletionCallback()],
     )
@@ -231,7 +291,7 @@ def main(argv: list[str]) -> None:
         tokenizer.save_pretrained(output_dir)
         resolved = {
             name: value
-            for args in (data_args, tokenizer_args, model_args, training_args)
+            for args in (data_args, tokenizer_args, model_args, extension_args, training_args)
             for name, value in arguments_to_dict(args).items()
         }
         (output_dir / "pretrain_config.yaml").write_text(

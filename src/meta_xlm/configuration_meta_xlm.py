@@ -11,6 +11,11 @@ The paper's model variants (Section 3.2, Appendix B) are two fields:
 | +share adpt     | "adapters"       | True            |
 | +meta adpt      | "adapters"       | False (trained with `meta_learning=True`) |
 
+`language_modules` may also be a list of kinds, e.g. `["ffn", "adapters"]`, and the kind "layernorm" gives every
+layer language-specific LayerNorms (the paper's code's `lang_specific_LN`: the attention and FFN sublayers'
+post-residual LayerNorms; the embedding LayerNorm and X-MOD's `adapter_layer_norm` stay shared). One kind is
+stored as a plain string, so configs saved with a string load unchanged.
+
 Where the feed-forward adapter sits (`ffn_adapter_*`, for importing X-MOD checkpoints). The default is the paper's
 (Houlsby-style) placement: o = A(z) + z on the FFN output z, then LayerNorm(o + residual). With
 `ffn_adapter_placement="after_residual"` the adapter runs on the residual sum x = z + residual instead, as in
@@ -31,10 +36,33 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-LANGUAGE_MODULE_KINDS = ("none", "ffn", "attention", "adapters")
+LANGUAGE_MODULE_KINDS = ("none", "ffn", "attention", "adapters", "layernorm")
 FFN_ADAPTER_PLACEMENTS = ("sublayer", "after_residual")
 FFN_ADAPTER_INPUT_NORMS = ("none", "block_layer_norm", "adapter_layer_norm")
 FFN_ADAPTER_SKIPS = ("adapter_input", "residual_sum")
+
+
+def normalize_language_modules(value: str | list[str] | tuple[str, ...]) -> str | list[str]:
+    """One kind -> that string (the form every config saved so far holds); several -> a list in
+    `LANGUAGE_MODULE_KINDS` order. Raises naming the field for an unknown kind, a repeat, or "none" in a list."""
+    kinds = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not kinds or not all(isinstance(kind, str) for kind in kinds):
+        raise ValueError(
+            f"MetaXLMConfig.language_modules={value!r}: expected one of {LANGUAGE_MODULE_KINDS} or a non-empty "
+            "list of them"
+        )
+    unknown = [kind for kind in kinds if kind not in LANGUAGE_MODULE_KINDS]
+    if unknown:
+        raise ValueError(
+            f"MetaXLMConfig.language_modules has unknown kind(s) {unknown}: expected kinds from {LANGUAGE_MODULE_KINDS}"
+        )
+    if len(set(kinds)) != len(kinds) or (len(kinds) > 1 and "none" in kinds):
+        raise ValueError(
+            f"MetaXLMConfig.language_modules={value!r}: list each kind once, and 'none' only on its own"
+        )
+    if len(kinds) == 1:
+        return kinds[0]
+    return [kind for kind in LANGUAGE_MODULE_KINDS if kind in kinds]
 
 
 class MetaXLMConfig(PreTrainedConfig):
@@ -47,8 +75,9 @@ class MetaXLMConfig(PreTrainedConfig):
         languages: ordered language codes; `lang_ids` given to the model index this list.
         default_language: the language used when a forward call gives no `lang_ids` (None: `lang_ids` required
             whenever the model has more than one language).
-        language_modules: which part of every layer is copied per language: "none", "ffn", "attention" or
-            "adapters" (residual bottleneck adapters after the attention and the feed-forward sublayers).
+        language_modules: which part of every layer is copied per language: "none", "ffn", "attention",
+            "adapters" (residual bottleneck adapters after the attention and the feed-forward sublayers),
+            "layernorm" (the sublayers' LayerNorms), or a list of several kinds such as ["ffn", "adapters"].
         adapter_reduction_factor: adapter bottleneck b = hidden_size / adapter_reduction_factor (paper: 4).
         shared_adapters: one copy of the adapters shared by all languages (the paper's "+share adpt").
         use_language_embeddings: add an XLM-style learned language embedding to the token embeddings.
@@ -83,7 +112,7 @@ class MetaXLMConfig(PreTrainedConfig):
         classifier_dropout: float | None = None,
         languages: list[str] | tuple[str, ...] = ("en",),
         default_language: str | None = None,
-        language_modules: str = "none",
+        language_modules: str | list[str] | tuple[str, ...] = "none",
         adapter_reduction_factor: int = 4,
         shared_adapters: bool = False,
         use_language_embeddings: bool = False,
@@ -109,7 +138,7 @@ class MetaXLMConfig(PreTrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.languages = list(languages)
         self.default_language = default_language
-        self.language_modules = language_modules
+        self.language_modules = normalize_language_modules(language_modules)
         self.adapter_reduction_factor = adapter_reduction_factor
         self.shared_adapters = shared_adapters
         self.use_language_embeddings = use_language_embeddings
@@ -137,11 +166,7 @@ class MetaXLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"MetaXLMConfig.default_language={self.default_language!r} is not in languages={self.languages}"
             )
-        if self.language_modules not in LANGUAGE_MODULE_KINDS:
-            raise ValueError(
-                f"MetaXLMConfig.language_modules={self.language_modules!r}: expected one of {LANGUAGE_MODULE_KINDS}"
-            )
-        if self.shared_adapters and self.language_modules != "adapters":
+        if self.shared_adapters and not self.has_language_module("adapters"):
             raise ValueError(
                 "MetaXLMConfig.shared_adapters=True needs language_modules='adapters', "
                 f"got language_modules={self.language_modules!r}"
@@ -179,11 +204,21 @@ class MetaXLMConfig(PreTrainedConfig):
                 f"ffn_adapter_placement='after_residual'; got ffn_adapter_input_norm={self.ffn_adapter_input_norm!r}, "
                 f"ffn_adapter_skip={self.ffn_adapter_skip!r} with ffn_adapter_placement='sublayer'"
             )
-        if self.ffn_adapter_placement != "sublayer" and self.language_modules != "adapters":
+        if self.ffn_adapter_placement != "sublayer" and not self.has_language_module("adapters"):
             raise ValueError(
                 f"MetaXLMConfig.ffn_adapter_placement={self.ffn_adapter_placement!r} needs language_modules='adapters', "
                 f"got language_modules={self.language_modules!r}"
             )
+
+    @property
+    def language_module_kinds(self) -> tuple[str, ...]:
+        """The kinds of language-specific modules, in `LANGUAGE_MODULE_KINDS` order; () for "none"."""
+        kinds = [self.language_modules] if isinstance(self.language_modules, str) else self.language_modules
+        return tuple(kind for kind in LANGUAGE_MODULE_KINDS if kind in kinds and kind != "none")
+
+    def has_language_module(self, kind: str) -> bool:
+        """Whether every layer has language-specific modules of this kind ("ffn", "adapters", ...)."""
+        return kind in self.language_module_kinds
 
     @property
     def adapter_size(self) -> int:
@@ -203,4 +238,5 @@ __all__ = [
     "FFN_ADAPTER_SKIPS",
     "LANGUAGE_MODULE_KINDS",
     "MetaXLMConfig",
+    "normalize_language_modules",
 ]

@@ -160,7 +160,7 @@ def copy_weights(
 def convert_xlmr(
     source: str | os.PathLike | XLMRobertaForMaskedLM,
     languages: Sequence[str],
-    language_modules: str = "adapters",
+    language_modules: str | Sequence[str] = "adapters",
     *,
     shared_adapters: bool = False,
     adapter_reduction_factor: int = 4,

@@ -25,6 +25,7 @@ large batch; each language's validation loss is likewise normalised by its own g
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,33 @@ def model_loss(
     if overrides is None:
         return model(**inputs).loss
     return functional_call(model, dict(overrides), args=(), kwargs=inputs, strict=False).loss
+
+
+@contextlib.contextmanager
+def activation_checkpointing_paused(model: nn.Module) -> Iterator[None]:
+    """Run without activation (gradient) checkpointing, then restore it. A checkpointed layer recomputes its
+    forward during the backward pass with the module's own parameters, but the lookahead and the θ ± εg probes
+    substitute parameters only while `functional_call` runs: recomputing outside it would silently use θ (or
+    fail on mismatched shapes). The meta step therefore keeps its activations; the θ step stays checkpointed."""
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+    for module in flagged:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in flagged:
+            module.gradient_checkpointing = True
+
+
+def without_activation_checkpointing(function):
+    """Decorator: `function(model, ...)` runs inside `activation_checkpointing_paused(model)`."""
+
+    @functools.wraps(function)
+    def wrapper(model: nn.Module, *args, **kwargs):
+        with activation_checkpointing_paused(model):
+            return function(model, *args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager
@@ -233,6 +261,7 @@ class MetaStep:
     meta_loss: torch.Tensor
 
 
+@without_activation_checkpointing
 def meta_step_gradients(
     model: nn.Module,
     train_batches: Sequence[Batch],

@@ -57,7 +57,7 @@ TASKS = {
     "nli": ("text-classification", "xnli", "XNLI"),
 }
 SETTINGS = {"within": "within-language", "zero_shot": "zero-shot cross-lingual"}
-LANGUAGE_MODULE_SUFFIX = {"none": "", "ffn": " + ffn", "attention": " + attn"}
+LANGUAGE_MODULE_SUFFIX = {"ffn": " + ffn", "attention": " + attn", "adapters": " + adpt", "layernorm": " + ln"}
 PIPELINE_TAGS = {
     "MetaXLMForMaskedLM": "fill-mask",
     "MetaXLMForTokenClassification": "token-classification",
@@ -129,7 +129,7 @@ def variant_name(config: MetaXLMConfig, meta_learning: bool = False) -> str:
             f"meta_learning=True needs language-specific parameters to meta-learn, but language_modules="
             f"{config.language_modules!r}"
         )
-    return base + LANGUAGE_MODULE_SUFFIX[config.language_modules]
+    return base + "".join(LANGUAGE_MODULE_SUFFIX[kind] for kind in config.language_module_kinds)
 
 
 def code_commit(source_dir: str | os.PathLike | None = None) -> str:

@@ -15,14 +15,20 @@ This file imports only torch, transformers and the configuration module, so chec
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file, save_file  # a dependency of transformers itself
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -77,24 +83,50 @@ def build_routing(lang_ids: torch.Tensor, languages: list[str]) -> LanguageRouti
 class LanguageModuleDict(nn.ModuleDict):
     """One module per language code; a forward call sends each language's rows to its own module.
 
-    Positional tensor arguments are split along the batch dimension; `None` arguments pass through.
+    Positional tensor arguments are split along the batch dimension; `None` arguments and keyword options pass
+    through to every language's module unchanged. A module that returns a tuple (attention with its
+    probabilities) gets each element concatenated (None stays None). `make_module` builds a fresh module for a
+    language added later (`add_language`).
     """
 
-    def forward(self, routing: LanguageRouting, *tensors: torch.Tensor | None) -> torch.Tensor:
+    def __init__(self, modules: dict[str, nn.Module], make_module=None):
+        super().__init__(modules)
+        self.make_module = make_module
+
+    def forward(self, routing: LanguageRouting, *tensors: torch.Tensor | None, **options):
         code = routing.single_language
         if code is not None:
-            return self[code](*tensors)
+            return self[code](*tensors, **options)
         chunks_per_arg = [
             t.split(routing.sizes) if t is not None else [None] * len(routing.sizes) for t in tensors
         ]
         outputs = [
-            self[code](*(chunks[k] for chunks in chunks_per_arg)) for k, code in enumerate(routing.languages)
+            self[code](*(chunks[k] for chunks in chunks_per_arg), **options)
+            for k, code in enumerate(routing.languages)
         ]
+        if isinstance(outputs[0], tuple):
+            return tuple(concat_rows(list(parts)) for parts in zip(*outputs))
         return torch.cat(outputs, dim=0)
 
 
+def concat_rows(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(parts, dim=0)
+
+
 def per_language(config: MetaXLMConfig, make_module) -> LanguageModuleDict:
-    return LanguageModuleDict({code: make_module() for code in config.languages})
+    return LanguageModuleDict({code: make_module() for code in config.languages}, make_module)
+
+
+def run_module(module: nn.Module, routing: LanguageRouting, *tensors: torch.Tensor | None, **options):
+    """Call a shared module, or route the rows of each language to its own copy."""
+    if isinstance(module, LanguageModuleDict):
+        return module(routing, *tensors, **options)
+    return module(*tensors, **options)
+
+
+def maybe_per_language(config: MetaXLMConfig, kind: str, make_module) -> nn.Module:
+    """A per-language `LanguageModuleDict` when `kind` is one of `config.language_module_kinds`, else one module."""
+    return per_language(config, make_module) if config.has_language_module(kind) else make_module()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,7 +178,9 @@ class MetaXLMEmbeddings(nn.Module):
 class MetaXLMSelfAttention(nn.Module):
     """Bidirectional multi-head self-attention through transformers' attention interface (SDPA by default).
 
-    Q, K and V keep XLM-R's three Linear modules (checkpoint compatibility) but run as one matmul.
+    Q, K and V keep XLM-R's three Linear modules (checkpoint compatibility). When all three are plain
+    `nn.Linear` without hooks they run as one matmul; otherwise (a PEFT LoRA layer, a quantised Linear, a
+    forward hook) each module is called, so whatever wraps it takes part.
     """
 
     def __init__(self, config: MetaXLMConfig):
@@ -160,14 +194,30 @@ class MetaXLMSelfAttention(nn.Module):
         self.is_causal = False  # an encoder: SDPA must never apply a causal mask
         self.config = config
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def project_qkv(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V as (B, heads, T, head_size) each."""
+        batch, length, _ = hidden.shape
+        projections = (self.query, self.key, self.value)
+        if all(is_plain_linear(module) for module in projections):
+            weight = torch.cat([m.weight for m in projections])  # (3H, H)
+            bias = torch.cat([m.bias for m in projections])
+            qkv = F.linear(hidden, weight, bias).view(batch, length, 3, self.num_heads, self.head_size)
+            return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))
+        return tuple(
+            module(hidden).view(batch, length, self.num_heads, self.head_size).transpose(1, 2)
+            for module in projections
+        )
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context (B, T, H), attention probabilities (B, heads, T, T) when `output_attentions`, else None).
+        SDPA returns no probabilities, so `output_attentions` runs the eager path."""
         batch, length, width = hidden.shape
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(hidden, weight, bias).view(batch, length, 3, self.num_heads, self.head_size)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_size)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        context, _ = attention(
+        query, key, value = self.project_qkv(hidden)
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        context, probs = attention(
             self,
             query,
             key,
@@ -176,7 +226,12 @@ class MetaXLMSelfAttention(nn.Module):
             dropout=self.dropout_prob if self.training else 0.0,
             scaling=self.head_size**-0.5,
         )  # (B, T, heads, head_size)
-        return context.reshape(batch, length, width)
+        return context.reshape(batch, length, width), (probs if output_attentions else None)
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` itself (not a subclass such as a LoRA or quantised layer) with no forward hooks."""
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
@@ -205,7 +260,7 @@ class MetaXLMAdapter(nn.Module):
 
 def build_adapters(config: MetaXLMConfig) -> tuple[LanguageModuleDict | None, MetaXLMAdapter | None]:
     """(per-language adapters, shared adapter): at most one of them exists."""
-    if config.language_modules != "adapters":
+    if not config.has_language_module("adapters"):
         return None, None
     if config.shared_adapters:
         return None, MetaXLMAdapter(config)
@@ -227,34 +282,35 @@ class MetaXLMSelfOutput(nn.Module):
 
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
-        linear = lambda: nn.Linear(config.hidden_size, config.hidden_size)  # noqa: E731
-        self.dense = per_language(config, linear) if config.language_modules == "attention" else linear()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = maybe_per_language(
+            config, "attention", lambda: nn.Linear(config.hidden_size, config.hidden_size)
+        )
+        self.LayerNorm = maybe_per_language(config, "layernorm", lambda: layer_norm(config))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.adapter_modules, self.adapter = build_adapters(config)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
-        if isinstance(self.dense, LanguageModuleDict):
-            z = self.dense(routing, context)
-        else:
-            z = self.dense(context)
+        z = run_module(self.dense, routing, context)
         z = apply_adapter(self, self.dropout(z), routing)
-        return self.LayerNorm(z + residual)
+        return run_module(self.LayerNorm, routing, z + residual)
+
+
+def layer_norm(config: MetaXLMConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 class MetaXLMAttention(nn.Module):
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
-        make_attention = lambda: MetaXLMSelfAttention(config)  # noqa: E731
-        self.self = per_language(config, make_attention) if config.language_modules == "attention" else make_attention()
+        self.self = maybe_per_language(config, "attention", lambda: MetaXLMSelfAttention(config))
         self.output = MetaXLMSelfOutput(config)
 
-    def forward(self, hidden, attention_mask, routing: LanguageRouting) -> torch.Tensor:
-        if isinstance(self.self, LanguageModuleDict):
-            context = self.self(routing, hidden, attention_mask)
-        else:
-            context = self.self(hidden, attention_mask)
-        return self.output(context, hidden, routing)
+    def forward(self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False):
+        """(output (B, T, H), attention probabilities or None)."""
+        context, probs = run_module(
+            self.self, routing, hidden, attention_mask, output_attentions=output_attentions
+        )
+        return self.output(context, hidden, routing), probs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -263,14 +319,13 @@ class MetaXLMAttention(nn.Module):
 class MetaXLMIntermediate(nn.Module):
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
-        linear = lambda: nn.Linear(config.hidden_size, config.intermediate_size)  # noqa: E731
-        self.dense = per_language(config, linear) if config.language_modules == "ffn" else linear()
+        self.dense = maybe_per_language(
+            config, "ffn", lambda: nn.Linear(config.hidden_size, config.intermediate_size)
+        )
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden: torch.Tensor, routing: LanguageRouting) -> torch.Tensor:
-        if isinstance(self.dense, LanguageModuleDict):
-            return self.intermediate_act_fn(self.dense(routing, hidden))
-        return self.intermediate_act_fn(self.dense(hidden))  # (B, T, FFN)
+        return self.intermediate_act_fn(run_module(self.dense, routing, hidden))  # (B, T, FFN)
 
 
 class MetaXLMOutput(nn.Module):
@@ -281,9 +336,10 @@ class MetaXLMOutput(nn.Module):
 
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
-        linear = lambda: nn.Linear(config.intermediate_size, config.hidden_size)  # noqa: E731
-        self.dense = per_language(config, linear) if config.language_modules == "ffn" else linear()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = maybe_per_language(
+            config, "ffn", lambda: nn.Linear(config.intermediate_size, config.hidden_size)
+        )
+        self.LayerNorm = maybe_per_language(config, "layernorm", lambda: layer_norm(config))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.adapter_modules, self.adapter = build_adapters(config)
         self.adapter_placement = config.ffn_adapter_placement
@@ -291,41 +347,40 @@ class MetaXLMOutput(nn.Module):
         self.adapter_skip = config.ffn_adapter_skip
         # X-MOD's adapter_layer_norm: one LayerNorm before the adapters, shared by all languages (same name).
         self.adapter_layer_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            if config.ffn_adapter_input_norm == "adapter_layer_norm"
-            else None
+            layer_norm(config) if config.ffn_adapter_input_norm == "adapter_layer_norm" else None
         )
 
     def forward(self, intermediate, residual, routing: LanguageRouting) -> torch.Tensor:
-        if isinstance(self.dense, LanguageModuleDict):
-            z = self.dense(routing, intermediate)
-        else:
-            z = self.dense(intermediate)
+        z = run_module(self.dense, routing, intermediate)
         if self.adapter_placement == "sublayer":
             z = apply_adapter(self, self.dropout(z), routing)
-            return self.LayerNorm(z + residual)
+            return run_module(self.LayerNorm, routing, z + residual)
         # X-MOD: x = z + residual; n = norm(x); output = LayerNorm(A(n) + skip), skip = n or x.
         summed = self.dropout(z) + residual  # (B, T, H)
         if self.adapter_layer_norm is not None:
             normed = self.adapter_layer_norm(summed)
         elif self.adapter_input_norm == "block_layer_norm":
-            normed = self.LayerNorm(summed)
+            normed = run_module(self.LayerNorm, routing, summed)
         else:
             normed = summed
         skip = summed if self.adapter_skip == "residual_sum" else None
-        return self.LayerNorm(apply_adapter(self, normed, routing, skip))
+        return run_module(self.LayerNorm, routing, apply_adapter(self, normed, routing, skip))
 
 
-class MetaXLMLayer(nn.Module):
+class MetaXLMLayer(GradientCheckpointingLayer):
+    """Attention then feed-forward sublayer. `GradientCheckpointingLayer` recomputes this forward in the
+    backward pass after `model.gradient_checkpointing_enable()` (transformers' mechanism, non-reentrant)."""
+
     def __init__(self, config: MetaXLMConfig):
         super().__init__()
         self.attention = MetaXLMAttention(config)
         self.intermediate = MetaXLMIntermediate(config)
         self.output = MetaXLMOutput(config)
 
-    def forward(self, hidden, attention_mask, routing: LanguageRouting) -> torch.Tensor:
-        attended = self.attention(hidden, attention_mask, routing)
-        return self.output(self.intermediate(attended, routing), attended, routing)
+    def forward(self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False):
+        """(output (B, T, H), attention probabilities (B, heads, T, T) or None)."""
+        attended, probs = self.attention(hidden, attention_mask, routing, output_attentions)
+        return self.output(self.intermediate(attended, routing), attended, routing), probs
 
 
 class MetaXLMEncoder(nn.Module):
@@ -333,13 +388,17 @@ class MetaXLMEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([MetaXLMLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden, attention_mask, routing, output_hidden_states: bool):
+    def forward(self, hidden, attention_mask, routing, output_hidden_states: bool, output_attentions: bool):
+        """(last hidden state, every layer's input and the output or None, every layer's probabilities or None)."""
         all_hidden = [hidden] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for layer in self.layer:
-            hidden = layer(hidden, attention_mask, routing)
+            hidden, probs = layer(hidden, attention_mask, routing, output_attentions)
             if output_hidden_states:
                 all_hidden.append(hidden)
-        return hidden, all_hidden
+            if output_attentions:
+                all_attentions.append(probs)
+        return hidden, all_hidden, all_attentions
 
 
 class MetaXLMPooler(nn.Module):
@@ -370,7 +429,7 @@ class MetaXLMPreTrainedModel(PreTrainedModel):
     config_class = MetaXLMConfig
     config: MetaXLMConfig
     base_model_prefix = "roberta"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["MetaXLMLayer"]
 
@@ -382,6 +441,52 @@ class MetaXLMPreTrainedModel(PreTrainedModel):
     def language_id(self, code: str) -> int:
         """Index of a language code in `config.languages` (the value `lang_ids` holds for it)."""
         return self.config.language_id(code)
+
+    # -- Language lifecycle (X-MOD / AdapterHub style); the work is done by the functions at the end of the file.
+    def set_default_language(self, code: str | None) -> None:
+        """The language used when a forward call gives no `lang_ids` (X-MOD's `set_default_language`);
+        None requires `lang_ids` again."""
+        if code is not None:
+            self.config.language_id(code)  # raises naming the code and this model's languages
+        self.config.default_language = code
+
+    def add_language(self, code: str, init_from: str | None = None) -> None:
+        """Add language `code` after the existing ones (their `lang_ids` keep their values): new modules in every
+        `LanguageModuleDict` (freshly initialised, or copies of language `init_from`), a new row in the XLM
+        language embedding if there is one, and `config.languages` extended, so `save_pretrained` stores it."""
+        add_language_modules(self, code, init_from)
+
+    def freeze_embeddings_and_language_adapters(self) -> None:
+        """X-MOD's freezing before fine-tuning: the embeddings (and so the tied MLM decoder), every
+        language-specific module, the shared adapters and X-MOD's shared `adapter_layer_norm` stop training."""
+        base = self.base_model
+        frozen = [base.embeddings]
+        frozen += [m for m in base.modules() if isinstance(m, (LanguageModuleDict, MetaXLMAdapter))]
+        frozen += [layer.output.adapter_layer_norm for layer in base.encoder.layer]
+        for module in frozen:
+            if module is not None:
+                module.requires_grad_(False)
+
+    def train_only_languages(self, languages: list[str], embeddings: bool = False) -> list[str]:
+        """Freeze everything except the modules of `languages` (X-MOD's post-hoc extension to a new language:
+        every shared weight frozen), plus the word and language embeddings with `embeddings=True`.
+        Returns the names of the parameters left trainable."""
+        return train_only_language_modules(self, languages, embeddings)
+
+    def save_language_modules(self, directory: str | Path, languages: list[str]) -> Path:
+        """Write only `languages`' parameters (safetensors) and a small JSON describing them: module kinds,
+        shapes, and a fingerprint of the shared weights they were trained with. Returns the directory."""
+        return save_language_modules(self, Path(directory), list(languages))
+
+    def load_language_modules(self, directory: str | Path, check_base: bool = True) -> list[str]:
+        """Load modules written by `save_language_modules`, adding languages this model lacks. Refused, with
+        what differs, when module kinds, architecture or (with `check_base`) the shared weights do not match.
+        Returns the languages loaded."""
+        return load_language_modules(self, Path(directory), check_base)
+
+    def as_requested(self, outputs, return_dict: bool | None):
+        """The ModelOutput, or its tuple (None fields dropped) with `return_dict=False` (or config.return_dict)."""
+        return outputs if pick(return_dict, self.config.return_dict) else outputs.to_tuple()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # transformers records only the saved class in auto_map; a checkpoint of any head should load with
@@ -453,23 +558,41 @@ class MetaXLMModel(MetaXLMPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling | tuple:
+        """`hidden_states`: the embeddings and every layer's output, (B, T, H) each; `attentions`: every layer's
+        attention probabilities (B, heads, T, T), computed eagerly (SDPA gives none). Defaults come from the
+        config (`output_hidden_states`, `output_attentions`, `return_dict`) as in transformers."""
+        output_hidden_states = pick(output_hidden_states, self.config.output_hidden_states)
+        output_attentions = pick(output_attentions, self.config.output_attentions)
         lang_ids = self.resolve_lang_ids(lang_ids, input_ids)
         routing = build_routing(lang_ids, self.config.languages)
         input_ids, attention_mask, lang_ids, token_type_ids, position_ids = sorted_by_language(
             routing, input_ids, attention_mask, lang_ids, token_type_ids, position_ids
         )
         hidden = self.embeddings(input_ids, lang_ids, token_type_ids, position_ids)  # (B, T, H)
-        hidden, all_hidden = self.encoder(
-            hidden, attention_bias(attention_mask), routing, bool(output_hidden_states)
+        hidden, all_hidden, all_attentions = self.encoder(
+            hidden, attention_bias(attention_mask), routing, output_hidden_states, output_attentions
         )
         hidden = routing.restore_order(hidden)
-        if all_hidden is not None:
-            all_hidden = tuple(routing.restore_order(h) for h in all_hidden)
+        all_hidden = restore_each(routing, all_hidden)
+        all_attentions = restore_each(routing, all_attentions)
         pooled = self.pooler(hidden) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
+        outputs = BaseModelOutputWithPooling(
+            last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attentions
+        )
+        return self.as_requested(outputs, return_dict)
+
+
+def pick(value: bool | None, default: bool) -> bool:
+    """A forward flag, or the config's default when the caller gave None."""
+    return bool(default) if value is None else bool(value)
+
+
+def restore_each(routing: LanguageRouting, tensors: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+    return None if tensors is None else tuple(routing.restore_order(t) for t in tensors)
 
 
 def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -541,22 +664,25 @@ class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
+    ) -> MaskedLMOutput | tuple:
         """With `labels`, the vocabulary projection runs on the masked positions only (as XLM does: about a
         quarter of the model's FLOPs at vocab 8k / hidden 256), and `logits` is (N_masked, V), its rows the
         positions with labels != -100 in row-major order. Without labels, `logits` is (B, T, V)."""
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
-        )
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+        )  # fmt: skip
         hidden = outputs.last_hidden_state
+        extras = dict(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if labels is None:
-            return MaskedLMOutput(logits=self.lm_head(hidden), hidden_states=outputs.hidden_states)
+            return self.as_requested(MaskedLMOutput(logits=self.lm_head(hidden), **extras), return_dict)
         predicted = labels.ne(-100)  # (B, T)
         logits = self.lm_head(hidden[predicted])  # (N_masked, V)
         loss = cross_entropy_loss(logits, labels[predicted], kwargs.get("num_items_in_batch"))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return self.as_requested(MaskedLMOutput(loss=loss, logits=logits, **extras), return_dict)
 
 
 class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
@@ -579,19 +705,24 @@ class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> TokenClassifierOutput:
+    ) -> TokenClassifierOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
-        )
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+        )  # fmt: skip
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
         loss = None
         if labels is not None:
             loss = cross_entropy_loss(
                 logits.view(-1, self.num_labels), labels.view(-1), kwargs.get("num_items_in_batch")
             )
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        outputs = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self.as_requested(outputs, return_dict)
 
 
 class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
@@ -612,12 +743,14 @@ class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> QuestionAnsweringModelOutput:
+    ) -> QuestionAnsweringModelOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
-        )
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+        )  # fmt: skip
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -629,9 +762,11 @@ class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
                 F.cross_entropy(at_least_fp32(start_logits), start, ignore_index=length)
                 + F.cross_entropy(at_least_fp32(end_logits), end, ignore_index=length)
             ) / 2
-        return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
-        )
+        outputs = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )  # fmt: skip
+        return self.as_requested(outputs, return_dict)
 
 
 class MetaXLMClassificationHead(nn.Module):
@@ -668,12 +803,14 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput:
+    ) -> SequenceClassifierOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, output_hidden_states
-        )
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+        )  # fmt: skip
         logits = self.classifier(outputs.last_hidden_state)  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -682,7 +819,10 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
                 loss = loss / kwargs.get("num_items_in_batch", labels.numel())
             else:
                 loss = cross_entropy_loss(logits, labels.view(-1), kwargs.get("num_items_in_batch"))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        outputs = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self.as_requested(outputs, return_dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -722,6 +862,178 @@ def parameter_groups(model: nn.Module) -> ParameterGroups:
         else:
             groups.languages[code][name] = param
     return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Language lifecycle: add a language, train only some languages, share one language's modules
+# ----------------------------------------------------------------------------------------------------------------
+LANGUAGE_MODULES_WEIGHTS = "language_modules.safetensors"
+LANGUAGE_MODULES_DESCRIPTION = "language_modules.json"
+# Fields that fix the shapes and the computation of language modules: they must agree to load modules.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "adapter_reduction_factor", "adapter_activation", "shared_adapters", "use_language_embeddings",
+    "ffn_adapter_placement", "ffn_adapter_input_norm", "ffn_adapter_skip",
+)  # fmt: skip
+
+
+def add_language_modules(model: MetaXLMPreTrainedModel, code: str, init_from: str | None) -> None:
+    languages = model.config.languages
+    if not isinstance(code, str) or not code:
+        raise ValueError(f"add_language: code must be a non-empty string, got {code!r}")
+    if code in languages:
+        raise ValueError(f"add_language: {code!r} is already one of this model's languages {languages}")
+    source = None if init_from is None else model.config.language_id(init_from)
+    for module_dict in [m for m in model.modules() if isinstance(m, LanguageModuleDict)]:
+        module_dict[code] = new_language_module(model, module_dict, init_from)
+    embeddings = model.base_model.embeddings
+    if embeddings.language_embeddings is not None:
+        embeddings.language_embeddings = grown_language_embedding(
+            embeddings.language_embeddings, source, model.config.initializer_range
+        )
+    model.config.languages = [*languages, code]
+
+
+def new_language_module(model, module_dict: LanguageModuleDict, init_from: str | None) -> nn.Module:
+    """A copy of language `init_from`'s module, or a fresh one initialised as `post_init` initialises weights."""
+    template = next(iter(module_dict.values()))
+    if init_from is not None:  # the copy shares the model's config (attention reads its implementation there)
+        return copy.deepcopy(module_dict[init_from], memo={id(model.config): model.config})
+    module = module_dict.make_module()
+    module.apply(model._init_weights)
+    reference = next(template.parameters())
+    return module.to(device=reference.device, dtype=reference.dtype)
+
+
+def grown_language_embedding(old: nn.Embedding, source: int | None, std: float) -> nn.Embedding:
+    """The XLM language embedding with one more row: a copy of row `source`, or drawn as at initialisation."""
+    new = nn.Embedding(old.num_embeddings + 1, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[:-1] = old.weight
+        if source is None:
+            new.weight[-1].normal_(0.0, std)
+        else:
+            new.weight[-1] = old.weight[source]
+    return new
+
+
+def modules_of(model: nn.Module, languages: list[str]) -> dict[str, dict[str, nn.Parameter]]:
+    """Each language's parameters; raises naming codes that are unknown or own no parameters."""
+    own = parameter_groups(model).languages
+    bad = [code for code in languages if not own.get(code)]
+    if not languages or bad:
+        raise ValueError(
+            f"languages {bad or languages!r}: expected a non-empty list of this model's languages "
+            f"{model.config.languages} that have language-specific modules "
+            f"(config.language_modules={model.config.language_modules!r})"
+        )
+    return {code: own[code] for code in languages}
+
+
+def train_only_language_modules(model: MetaXLMPreTrainedModel, languages: list[str], embeddings: bool) -> list[str]:
+    chosen = modules_of(model, list(languages))
+    model.requires_grad_(False)
+    for params in chosen.values():
+        for param in params.values():
+            param.requires_grad_(True)
+    if embeddings:
+        base_embeddings = model.base_model.embeddings
+        base_embeddings.word_embeddings.requires_grad_(True)
+        if base_embeddings.language_embeddings is not None:
+            base_embeddings.language_embeddings.requires_grad_(True)
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def shared_fingerprint(base: nn.Module) -> dict:
+    """SHA-256 of every shared weight of the base model (bytes, shape, dtype), and of all of them together.
+    The pooler (absent under task heads) and the language embedding (grows with each language) are left out."""
+    digests = {}
+    for name, param in sorted(parameter_groups(base).shared.items()):
+        if name.startswith("pooler.") or name == "embeddings.language_embeddings.weight":
+            continue
+        data = param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header = f"{tuple(param.shape)}|{param.dtype}|".encode()
+        digests[name] = hashlib.sha256(header + data).hexdigest()[:16]
+    total = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    return {"sha256": total, "parameters": digests}
+
+
+def save_language_modules(model: MetaXLMPreTrainedModel, directory: Path, languages: list[str]) -> Path:
+    base = model.base_model
+    chosen = modules_of(base, languages)
+    tensors = {name: p.detach().cpu().contiguous() for params in chosen.values() for name, p in params.items()}
+    owner = {name: code for code, params in chosen.items() for name in params}
+    language_embeddings = base.embeddings.language_embeddings
+    if language_embeddings is not None:
+        for code in languages:
+            name = f"embeddings.language_embeddings.{code}"
+            tensors[name] = language_embeddings.weight[model.config.language_id(code)].detach().cpu().clone()
+            owner[name] = code
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / LANGUAGE_MODULES_WEIGHTS), metadata={"format": "pt"})
+    description = {
+        "format": "meta_xlm.language_modules",
+        "version": 1,
+        "languages": languages,
+        "language_modules": list(model.config.language_module_kinds),
+        "architecture": {field: getattr(model.config, field) for field in ARCHITECTURE_FIELDS},
+        "parameters": {name: {"language": owner[name], "shape": list(t.shape)} for name, t in tensors.items()},
+        "shared_fingerprint": shared_fingerprint(base),
+    }
+    (directory / LANGUAGE_MODULES_DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+    return directory
+
+
+def base_mismatches(model: MetaXLMPreTrainedModel, description: dict, check_base: bool) -> list[str]:
+    """What differs between the model the modules were saved from and this one, in words."""
+    problems = []
+    saved_kinds, kinds = description["language_modules"], list(model.config.language_module_kinds)
+    if saved_kinds != kinds:
+        problems.append(f"module kinds differ: saved {saved_kinds}, this model {kinds}")
+    for field, saved in description["architecture"].items():
+        if getattr(model.config, field) != saved:
+            problems.append(f"{field} differs: saved {saved!r}, this model {getattr(model.config, field)!r}")
+    if check_base and not problems:
+        saved = description["shared_fingerprint"]["parameters"]
+        current = shared_fingerprint(model.base_model)["parameters"]
+        differing = sorted(name for name in saved.keys() | current.keys() if saved.get(name) != current.get(name))
+        if differing:
+            problems.append(
+                f"the shared weights differ from the base the modules were trained with: {len(differing)} of "
+                f"{len(saved)} tensors, e.g. {differing[:3]} (check_base=False loads them anyway)"
+            )
+    return problems
+
+
+def load_language_modules(model: MetaXLMPreTrainedModel, directory: Path, check_base: bool) -> list[str]:
+    description_path = directory / LANGUAGE_MODULES_DESCRIPTION
+    if not description_path.is_file():
+        raise ValueError(f"{directory} has no {LANGUAGE_MODULES_DESCRIPTION}: not written by save_language_modules")
+    description = json.loads(description_path.read_text())
+    problems = base_mismatches(model, description, check_base)
+    if problems:
+        raise ValueError(f"cannot load the language modules in {directory} into this model: " + "; ".join(problems))
+    for code in description["languages"]:
+        if code not in model.config.languages:
+            model.add_language(code)
+    tensors = load_file(str(directory / LANGUAGE_MODULES_WEIGHTS))
+    base = model.base_model
+    chosen = modules_of(base, description["languages"])
+    targets = {name: p for params in chosen.values() for name, p in params.items()}
+    for code in description["languages"]:
+        if base.embeddings.language_embeddings is not None:
+            targets[f"embeddings.language_embeddings.{code}"] = base.embeddings.language_embeddings.weight[
+                model.config.language_id(code)
+            ]
+    if targets.keys() != tensors.keys() or any(targets[n].shape != t.shape for n, t in tensors.items()):
+        raise ValueError(
+            f"the language modules in {directory} do not fit this model: names or shapes differ, e.g. "
+            f"{sorted(targets.keys() ^ tensors.keys())[:3]}"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            targets[name].copy_(tensor)
+    return list(description["languages"])
 
 
 __all__ = [

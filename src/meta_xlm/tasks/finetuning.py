@@ -6,7 +6,10 @@
 - Model selection on the English dev set (zero-shot: fine-tune on English, test on the other languages) or
   on the target language's dev set (within-language: fine-tune and test on one language), over every grid
   point and every epoch (a checkpoint is saved after each epoch).
-- The whole network is fine-tuned, language-specific modules included.
+- The whole network is fine-tuned, language-specific modules included. `freeze_language_modules=True` fine-tunes
+  the X-MOD way instead (Pfeiffer et al., 2022): embeddings and every language-specific module frozen, trained
+  through train_language's modules, each test language run through its own.
+- `xtreme_predictions_dir` also writes the test predictions in XTREME's submission layout (tasks/xtreme.py).
 A MetaXLM model routes each example through its language's modules (`lang_ids`); any other encoder
 (e.g. XLM-R) is fine-tuned the same way without `lang_ids`.
 """
@@ -55,6 +58,7 @@ from meta_xlm.tasks.preprocessing import (
     word_predictions,
 )
 from meta_xlm.tasks.reference import REFERENCE_LANGUAGES
+from meta_xlm.tasks.xtreme import write_xtreme_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +134,14 @@ class FinetuneArguments:
     max_question_length: int = field(default=64)
     n_best_size: int = field(default=20)
     max_answer_length: int = field(default=30)
+    freeze_language_modules: bool = field(
+        default=False,
+        metadata={"help": "X-MOD fine-tuning: freeze embeddings and language modules (MetaXLM models only)"},
+    )
+    xtreme_predictions_dir: str | None = field(
+        default=None,
+        metadata={"help": "also write test predictions as <dir>/<panx|udpos|xnli|tydiqa>/test-<lang>.<tsv|json>"},
+    )
 
 
 @dataclass
@@ -321,6 +333,16 @@ def load_model(args: FinetuneArguments, labels: list[str], path: str | None = No
     )
 
 
+def freeze_language_modules(model) -> None:
+    """X-MOD's fine-tuning: only the shared encoder layers and the task head train; `lang_ids` still route each
+    language through its own (frozen) modules."""
+    if not hasattr(model, "freeze_embeddings_and_language_adapters"):
+        raise ValueError(
+            f"--freeze_language_modules needs a MetaXLM model; {type(model).__name__} has no language modules"
+        )
+    model.freeze_embeddings_and_language_adapters()
+
+
 def label_names(task: str) -> list[str]:
     return ["start_positions", "end_positions"] if task == "qa" else ["labels"]
 
@@ -420,6 +442,8 @@ def train_grid_point(
         label_names=label_names(args.task),
     )
     model = load_model(args, labels)
+    if args.freeze_language_modules:
+        freeze_language_modules(model)
     optimizers = (
         (nli_optimizer(model, grid_point, run_args.weight_decay), None)
         if args.task == "nli"
@@ -473,6 +497,12 @@ def evaluate_checkpoint(
         processing_class=tokenizer,
     )
     output = trainer.predict(model_inputs(test.features))
+    if args.xtreme_predictions_dir is not None and training_args.process_index == 0:
+        path = write_xtreme_predictions(
+            args.xtreme_predictions_dir, args.task, test.language, test.examples, test.features,
+            output.predictions, output.label_ids, labels, args.n_best_size, args.max_answer_length,
+        )  # fmt: skip
+        logger.info("XTREME predictions for %s written to %s", test.language, path)
     return score_predictions(args, test, output.predictions, output.label_ids, labels)
 
 
@@ -526,6 +556,7 @@ def metrics_record(args, labels, train, dev, tests, results, best, scores) -> di
         "model": args.model_name or Path(args.model_name_or_path.rstrip("/")).name,
         "model_name_or_path": args.model_name_or_path,
         "train_language": args.train_language,
+        "freeze_language_modules": args.freeze_language_modules,
         "eval_languages": list(tests),
         "main_metric": MAIN_METRIC[args.task],
         "scores": scores,
