@@ -6,6 +6,7 @@
 - `preprocessing`: tokenisation with first-subword labels, QA features with document stride and n-best span
   post-processing, NLI pair encoding, per-example `lang_ids` for MetaXLM models.
 - `metrics`: offline seqeval span F1, POS accuracy (= micro F1), MLQA-style SQuAD F1/EM, XNLI accuracy.
+- `evaluate_module`: the same metrics as an `evaluate` module that loads offline from the package.
 - `reference`: the paper's per-language numbers (Tables 2, 3, 6, 7).
 - `records`: the metrics record of a fine-tuning run (metrics.json): format, writer, validating reader.
 - `tables`: results of several models in the paper's table layout (Markdown, CSV, JSON).

@@ -1,12 +1,12 @@
-"""The task metrics as `evaluate` modules shipped in the package: they load offline with `evaluate.load(path)` and a
-user's usual evaluate code (batches added one by one, then compute) gives the numbers of meta_xlm.tasks.metrics."""
+"""The task metrics as an `evaluate` module shipped in the package: it loads offline with `evaluate.load(path, task)`
+and a user's usual evaluate code (batches added one by one, then compute) gives the numbers of meta_xlm.tasks.metrics."""
 
 import random
 
 import evaluate
 import pytest
 
-from meta_xlm.tasks.evaluate_metrics import metric_path
+from meta_xlm.tasks.evaluate_module import EVALUATE_MODULE_PATH
 from meta_xlm.tasks.metrics import accuracy, ner_scores, pos_scores, squad_scores
 
 NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
@@ -32,7 +32,7 @@ def test_tagging_modules_give_the_package_scores(task, tags, score):
     gold, predicted = tag_sentences(tags, seed=len(task))
     expected = score(gold, predicted)
     assert 0 < expected["f1"] < 100  # neither all right nor all wrong: the comparison can fail
-    module = in_batches(evaluate.load(metric_path(task)), predicted, gold)
+    module = in_batches(evaluate.load(EVALUATE_MODULE_PATH, task), predicted, gold)
     assert module.compute() == pytest.approx(expected, rel=1e-12)
 
 
@@ -50,7 +50,7 @@ def test_squad_module_takes_evaluates_squad_format_and_the_language():
     ]
     golds = {key: golds for key, (golds, _) in questions.items()}
     texts = {key: text for key, (_, text) in questions.items()}
-    module = evaluate.load(metric_path("qa"))
+    module = evaluate.load(EVALUATE_MODULE_PATH, "qa")
     for language in ("en", "ar"):
         expected = squad_scores(texts, golds, language)
         in_batches(module, predictions, references, size=3)
@@ -62,10 +62,10 @@ def test_nli_module_gives_the_package_accuracy():
     generator = random.Random(3)
     gold = [generator.randrange(3) for _ in range(31)]
     predicted = [label if generator.random() < 0.6 else generator.randrange(3) for label in gold]
-    module = in_batches(evaluate.load(metric_path("nli")), predicted, gold, size=8)
+    module = in_batches(evaluate.load(EVALUATE_MODULE_PATH, "nli"), predicted, gold, size=8)
     assert module.compute() == pytest.approx(accuracy(gold, predicted), rel=1e-12)
 
 
 def test_unknown_task_is_named():
-    with pytest.raises(ValueError, match="task must be one of .*'parsing'"):
-        metric_path("parsing")
+    with pytest.raises(KeyError, match="config name 'parsing': expected one of"):
+        evaluate.load(EVALUATE_MODULE_PATH, "parsing")
