@@ -1,6 +1,6 @@
 """The README's main job: the paper's pipeline end to end at toy scale, on real text, in minutes on 2 CPU cores.
 
-    python recipes/demo.py [--output_dir runs/demo] [--data_dir ../shared/data]   (default: $META_XLM_DATA if set)
+    python recipes/demo.py [--output_dir runs/demo] [--data_dir ../shared/data]   ($META_XLM_DATA if set)
 
 1. a shared BPE tokenizer and a tiny JointPair (en + sw) model  (recipes/configs/tiny_joint_pair.yaml)
 2. a tiny +meta adpt model on the same tokenizer               (recipes/configs/tiny_meta_adpt.yaml)
@@ -33,7 +33,7 @@ DEFAULT_DATA_DIR = Path(os.environ.get("META_XLM_DATA", RECIPES.parent.parent / 
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where every output of the demo goes"})
-    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "benchmark data, laid out as ../shared/data"})
+    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "data laid out as ../shared/data"})
     pretrain_steps: int = field(default=1000, metadata={"help": "optimizer steps of each tiny pretraining run"})
     finetune_train_examples: int = field(default=1000)
     finetune_eval_examples: int = field(default=300)

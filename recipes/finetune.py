@@ -11,8 +11,8 @@ or target (within-language) dev set, a checkpoint per epoch, the whole network f
 --epochs, --batch_sizes, --learning_rates, --max_grid_points, --max_steps, --max_train_examples.
 Writes <output_dir>/metrics.json (per eval language + avg); recipes/results_table.py collects those files.
 Every field of FinetuneArguments and TrainingArguments can be set in the YAML file or on the command line; the
-command line wins. An unknown key is an error. --data_dir defaults to $META_XLM_DATA, else to ../shared/data beside
-this checkout.
+command line wins. An unknown key is an error. --data_dir defaults to $META_XLM_DATA, else to ../shared/data
+beside this checkout.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from meta_xlm.tasks.records import write_metrics
 
 logger = logging.getLogger("finetune")
 # The benchmark data sits beside a checkout (../shared/data); META_XLM_DATA points anywhere else.
-DEFAULT_DATA_DIR = os.environ.get("META_XLM_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_DIR = os.environ.get("META_XLM_DATA", str(CHECKOUT_DATA_DIR))
 
 
 def main(argv: list[str]) -> None:

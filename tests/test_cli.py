@@ -57,6 +57,7 @@ def test_key_value_entries():
 
 def test_mask_group_specs_keep_colons_of_the_regex_and_reject_short_entries():
     specs = mask_group_specs([r"ffn:neuron:layer\.(?P<layer>\d+)\.(?:output):x"])
-    assert specs == [MaskGroupSpec(sublayer="ffn", pattern=r"layer\.(?P<layer>\d+)\.(?:output):x", unit="neuron")]
+    pattern = r"layer\.(?P<layer>\d+)\.(?:output):x"
+    assert specs == [MaskGroupSpec(sublayer="ffn", pattern=pattern, unit="neuron")]
     with pytest.raises(SystemExit, match="mask_groups entry 'ffn:neuron' is not SUBLAYER:UNIT:REGEX"):
         mask_group_specs(["ffn:neuron"])

@@ -283,7 +283,7 @@ def test_sub_folders_and_pickles_stay_home_and_create_pr_goes_to_main(tmp_path, 
     uploaded = fake_hub.commits[-1]["files"]
     assert sorted(uploaded) == publishable_files(copy) and "training_args.bin" not in uploaded
     assert not any("/" in name for name in uploaded)  # nothing of checkpoint-7/ or runs/
-    with pytest.raises(ValueError, match="create_pr=True opens a pull request against main: drop revision='v2'"):
+    with pytest.raises(ValueError, match="create_pr=True opens a pull request against main: drop revision="):
         push_to_hub(copy, REPO_ID, revision="v2", create_pr=True)
     assert not any("v2" in path for _, path in fake_hub.requests)  # refused before any request
 

@@ -1,5 +1,6 @@
-"""The task metrics as an `evaluate` module shipped in the package: it loads offline with `evaluate.load(path, task)`
-and a user's usual evaluate code (batches added one by one, then compute) gives the numbers of meta_xlm.tasks.metrics."""
+"""The task metrics as an `evaluate` module shipped in the package: it loads offline with
+`evaluate.load(path, task)`, and a user's usual evaluate code (batches added one by one, then compute) gives
+the numbers of meta_xlm.tasks.metrics."""
 
 import random
 
@@ -14,7 +15,7 @@ UPOS = ["NOUN", "VERB", "ADJ", "DET", "PUNCT", "PROPN"]
 
 
 def tag_sentences(tags, seed, count=23):
-    """Gold and predicted sentences (lengths 1-9) where about a third of the predicted tags differ from gold."""
+    """Gold and predicted sentences (lengths 1-9); about a third of the predicted tags differ from gold."""
     generator = random.Random(seed)
     gold = [[generator.choice(tags) for _ in range(generator.randint(1, 9))] for _ in range(count)]
     predicted = [[tag if generator.random() < 0.67 else generator.choice(tags) for tag in s] for s in gold]
@@ -23,11 +24,14 @@ def tag_sentences(tags, seed, count=23):
 
 def in_batches(module, predictions, references, size=5):
     for start in range(0, len(predictions), size):
-        module.add_batch(predictions=predictions[start : start + size], references=references[start : start + size])
+        batch = slice(start, start + size)
+        module.add_batch(predictions=predictions[batch], references=references[batch])
     return module
 
 
-@pytest.mark.parametrize(("task", "tags", "score"), [("ner", NER_TAGS, ner_scores), ("pos", UPOS, pos_scores)])
+@pytest.mark.parametrize(
+    ("task", "tags", "score"), [("ner", NER_TAGS, ner_scores), ("pos", UPOS, pos_scores)]
+)
 def test_tagging_modules_give_the_package_scores(task, tags, score):
     gold, predicted = tag_sentences(tags, seed=len(task))
     expected = score(gold, predicted)

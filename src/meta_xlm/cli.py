@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by the recipes: a YAML file (--config) gives defaults, flags override them; list
-flags of KEY=VALUE entries (corpus files per language) and mask-group specs (the analysis recipes)."""
+"""Command-line plumbing shared by the recipes: a YAML file (--config) gives defaults, flags override them;
+list flags of KEY=VALUE entries (corpus files per language) and mask-group specs (the analysis recipes)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def corpus_paths(entries: list[str]) -> dict[str, list[str]]:
 
 
 def mask_group_specs(entries: list[str]) -> list[MaskGroupSpec]:
-    """SUBLAYER:UNIT:REGEX entries, e.g. `ffn:neuron:roberta\\.encoder\\.layer\\.(?P<layer>\\d+)\\.output\\.dense\\.weight`."""
+    """SUBLAYER:UNIT:REGEX entries (the regex may hold colons), e.g.
+    `ffn:neuron:roberta\\.encoder\\.layer\\.(?P<layer>\\d+)\\.output\\.dense\\.weight`."""
     specs = []
     for entry in entries:
         parts = entry.split(":", 2)

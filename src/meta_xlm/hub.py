@@ -1,7 +1,7 @@
 """Publishing MetaXLM output folders to the Hugging Face Hub, and loading checkpoints without unpickling.
 
-Publish (`push_to_hub`): `HfApi.upload_folder` with the patterns below, so that the commit holds exactly the files
-of `publishable_files(output_dir)`:
+Publish (`push_to_hub`): `HfApi.upload_folder` with the patterns below, so that the commit holds exactly the
+files of `publishable_files(output_dir)`:
     config.json (with the complete `auto_map`), model.safetensors (or its shards + index), the remote code
     (configuration_meta_xlm.py, modeling_meta_xlm.py: `trust_remote_code=True` works without meta-xlm installed),
     the tokenizer files, README.md (the model card, see `meta_xlm.model_card`), and the run's configuration and
@@ -9,9 +9,9 @@ of `publishable_files(output_dir)`:
 Pickle files (*.bin, *.pt, *.pth, *.pkl: Trainer's training_args.bin, optimizer states) are never published, and
 sub-folders (checkpoint-*, runs/) are not either.
 
-Load (`load_pretrained`): `from_pretrained(use_safetensors=True)`, Transformers' own refusal of pickle weights,
-unless the caller opts in with `allow_pickle=True`; a pickle file can run arbitrary code when it is loaded. A
-checkpoint with pickle weights only gets an error saying so and how to opt in.
+Load (`load_pretrained`): `from_pretrained(use_safetensors=True)`, Transformers' own refusal of pickle
+weights, unless the caller opts in with `allow_pickle=True`; a pickle file can run arbitrary code when it is
+loaded. A checkpoint with pickle weights only gets an error saying so and how to opt in.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ REMOTE_CODE_FILES = ("configuration_meta_xlm.py", "modeling_meta_xlm.py")
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-# Patterns for huggingface_hub's filter (fnmatch: "*" also matches "/"). Pickle suffixes are in no allow pattern.
+# huggingface_hub's patterns (fnmatch: "*" also matches "/"); no allow pattern matches a pickle suffix.
 PUBLISHED_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.yaml", "*.yml", "*.md", "*.txt", "*.model"]
 SUBFOLDER_PATTERNS = ["*/*"]  # checkpoint-*/, runs/: the run's history, not the model
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -71,7 +71,9 @@ def publishable_files(output_dir: str | os.PathLike) -> list[str]:
     skipped = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
     if skipped:
         logger.info("not publishing pickle files %s (only safetensors weights are published)", skipped)
-    return list(filter_repo_objects(names, allow_patterns=PUBLISHED_PATTERNS, ignore_patterns=SUBFOLDER_PATTERNS))
+    return list(
+        filter_repo_objects(names, allow_patterns=PUBLISHED_PATTERNS, ignore_patterns=SUBFOLDER_PATTERNS)
+    )
 
 
 def check_config_for_remote_code(config_path: Path) -> dict:
@@ -104,8 +106,8 @@ def push_to_hub(
     """Upload a model output folder (model, tokenizer, card, run config and results) to `repo_id`.
 
     `revision` names a branch (created from main when it does not exist); `private` is used when the repository
-    is created; `create_pr` opens a pull request against main instead (not with `revision`). Returns the commit
-    (its `oid` is the revision `from_pretrained(..., revision=...)` can pin).
+    is created; `create_pr` opens a pull request against main instead (not with `revision`). Returns the
+    commit (its `oid` is the revision `from_pretrained(..., revision=...)` can pin).
     """
     root = Path(output_dir)
     files = publishable_files(root)
@@ -163,9 +165,9 @@ def load_pretrained(
     """`model_class.from_pretrained(name_or_path, revision=..., use_safetensors=True)` unless `allow_pickle`.
 
     `model_class` is any class with `from_pretrained` (MetaXLMForMaskedLM, AutoModelForMaskedLM, ...); `kwargs` go
-    to it (trust_remote_code, dtype, output_loading_info, ...). Pickle weights load only with `allow_pickle=True`
-    (then safetensors are still preferred when both exist); a checkpoint with pickle weights only and no opt-in
-    raises UnsafeCheckpointError.
+    to it (trust_remote_code, dtype, output_loading_info, ...). Pickle weights load only with
+    `allow_pickle=True` (safetensors still win when both exist); a checkpoint with pickle weights only and
+    no opt-in raises UnsafeCheckpointError.
     """
     try:
         return model_class.from_pretrained(
@@ -180,8 +182,8 @@ def load_pretrained(
         if not pickled:
             raise
         raise UnsafeCheckpointError(
-            f"{name_or_path} has weights only as pickle ({', '.join(pickled)}): unpickling can run arbitrary code, "
-            "so it is refused. Convert the checkpoint to safetensors (model.save_pretrained writes "
+            f"{name_or_path} has weights only as pickle ({', '.join(pickled)}): unpickling can run arbitrary "
+            "code, so it is refused. Convert the checkpoint to safetensors (model.save_pretrained writes "
             "model.safetensors), or pass allow_pickle=True (CLI: --allow_pickle) if you trust its author."
         ) from error
 

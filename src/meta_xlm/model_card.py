@@ -269,7 +269,7 @@ def training_section(
     hardware: str | None,
     num_processes: int | None,
 ) -> str:
-    """The training set-up table (hardware default: this machine, labelled as such) and where the config is."""
+    """The training set-up table (hardware default: this machine, labelled so) and where the config is."""
     hardware = hardware or f"{describe_hardware()} (the machine that wrote this card)"
     table = markdown_table(
         ["setting", "value"], training_rows(training_config, trainer_state, hardware, num_processes)
@@ -360,7 +360,9 @@ def render_model_card(
         summary=summary,
         variant=variant,
         architecture=architecture_table(config),
-        training=training_section(training_config, training_config_file, trainer_state, hardware, num_processes),
+        training=training_section(
+            training_config, training_config_file, trainer_state, hardware, num_processes
+        ),
         results=results_section(metrics),
         usage=usage_code(config, model_id),
         intended_use=intended_use,

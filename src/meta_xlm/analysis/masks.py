@@ -202,7 +202,8 @@ def learn_language_mask(
 
     def mlm_loss(gates: torch.Tensor) -> torch.Tensor:
         batch = next(batches)
-        return functional_call(model, masked_weights(model, gate_map, gates), args=(), kwargs=dict(batch)).loss
+        weights = masked_weights(model, gate_map, gates)
+        return functional_call(model, weights, args=(), kwargs=dict(batch)).loss
 
     return fit_gates(
         mlm_loss,

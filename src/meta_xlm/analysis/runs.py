@@ -157,12 +157,13 @@ def mask_analysis(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     gate_map = resolve_gate_map(model, groups)
-    logger.info(
-        "%d gates (%s) over %d weights", gate_map.num_gates, ", ".join(gate_map.sublayers()), len(gate_map.weights)
-    )
+    sublayers = ", ".join(gate_map.sublayers())
+    logger.info("%d gates (%s) over %d weights", gate_map.num_gates, sublayers, len(gate_map.weights))
     runs = mask_runs(corpora, reference_language)
     pis = learn_run_masks(model, tokenizer, runs, gate_map, settings, output_dir, source)
-    similarity = compare_masks(pis, gate_map, languages, reference_language, settings.extreme_count, output_dir)
+    similarity = compare_masks(
+        pis, gate_map, languages, reference_language, settings.extreme_count, output_dir
+    )
     summary = {
         "source": source,
         "num_gates": gate_map.num_gates,
@@ -232,8 +233,8 @@ def compare_masks(
     extreme_count: int,
     output_dir: Path,
 ) -> list[dict]:
-    """π similarity of the reference language with its replicate and with every other language (Fig. 4a), and
-    each other language's most different gate groups (Fig. 4b), as CSV and PNG; returns the similarity rows."""
+    """π similarity of the reference language with its replicate and every other language (Fig. 4a), and each
+    other language's most different gate groups (Fig. 4b), as CSV and PNG; returns the similarity rows."""
     pairs = [(reference_language, replicate_name(reference_language))]
     pairs += [(reference_language, language) for language in languages if language != reference_language]
     similarity = pi_similarity(pis, gate_map, pairs)

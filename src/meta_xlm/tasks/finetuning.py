@@ -92,7 +92,7 @@ class FinetuneArguments:
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "benchmark data folder laid out as ../shared/data (recipes: $META_XLM_DATA by default)"},
+        metadata={"help": "benchmark data laid out as ../shared/data (recipes: $META_XLM_DATA by default)"},
     )
     hub_dataset: str | None = field(
         default=None,

@@ -1,6 +1,6 @@
-"""The metrics record of a fine-tuning run (`metrics.json`): its format, the writer and the one validating reader.
+"""The metrics record of a fine-tuning run (`metrics.json`): its format, writer and one validating reader.
 
-recipes/finetune.py writes one record per run (`meta_xlm.tasks.finetuning.metrics_record` builds it); the model
+recipes/finetune.py writes one record per run (built by `meta_xlm.tasks.finetuning.metrics_record`); the model
 card (`meta_xlm.model_card`), the results tables (`meta_xlm.tasks.tables`) and the interference report
 (`meta_xlm.analysis.report`) read records with `load_metrics_records`, so all of them accept the same files:
     {"task": "ner" | "pos" | "qa" | "nli", "setting": "within" | "zero_shot", "model": "<row name>",
@@ -71,7 +71,7 @@ def load_metrics_records(paths: Sequence[str | os.PathLike]) -> list[dict]:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read fine-tuning metrics {path}: {error}") from error
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: expected a JSON object (a metrics record), got {type(record).__name__}")
+            raise ValueError(f"{path}: a metrics record is a JSON object, this is a {type(record).__name__}")
         check_metrics_record(record, path)
         records.append({**record, "_path": str(path)})
     return records

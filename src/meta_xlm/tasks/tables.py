@@ -1,10 +1,11 @@
 """Results of several models in the paper's table layout: rows = models, columns = languages + avg, one block
 per setting (within-language, zero-shot cross-lingual), one table per task (Tables 2, 3, 6).
 
-Input: metrics records as recipes/finetune.py writes them, read with `meta_xlm.tasks.records.load_metrics_records`
-(the format is in that module's docstring). Several records of one (task, setting, model) are merged (a within-language run per language); the same
-language twice is an error. `avg` is the mean over the row's scored languages among the table's columns,
-English excluded, as the paper averages over its target languages only. Rendered as Markdown, CSV and JSON.
+Input: metrics records as recipes/finetune.py writes them, read with
+`meta_xlm.tasks.records.load_metrics_records` (the format is in that module's docstring). Several records of
+one (task, setting, model) are merged (a within-language run per language); the same language twice is an
+error. `avg` is the mean over the row's scored languages among the table's columns, English excluded, as the
+paper averages over its target languages only. Rendered as Markdown, CSV and JSON.
 """
 
 from __future__ import annotations
