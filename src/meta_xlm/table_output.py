@@ -11,10 +11,14 @@ from pathlib import Path
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table; cells are written with str()."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    """A GitHub-flavoured Markdown table; cells are written with str(), an empty cell as "| |"."""
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    lines += [markdown_row(row) for row in rows]
     return "\n".join(lines)
+
+
+def markdown_row(cells: Sequence[object]) -> str:
+    return "|" + "|".join(f" {cell} " if str(cell) else " " for cell in cells) + "|"
 
 
 def columns_and_cells(rows: Sequence[Mapping]) -> tuple[list[str], list[list[object]]]:
