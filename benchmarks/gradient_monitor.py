@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from meta_xlm.analysis.gradient_conflict import measure_gradient_conflict, shared_gradient_layout
+from meta_xlm.analysis.gradient_conflict import measure_gradient_conflict, shared_gradient_index
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 
@@ -75,7 +75,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batches = {lang: random_batch(config, args.batch, args.length, i) for i, lang in enumerate(LANGUAGES)}
     batches = {lang: {k: v.to(device) for k, v in batch.items()} for lang, batch in batches.items()}
-    layout = shared_gradient_layout(model)
+    gradient_index = shared_gradient_index(model)
 
     def synchronize():
         if device.type == "cuda":
@@ -99,7 +99,7 @@ def main() -> None:
             model,
             {lang: repeat_batch(batch) for lang, batch in batches.items()},
             target_sentences=args.micro_batches * args.batch,
-            layout=layout,
+            gradient_index=gradient_index,
         )
         synchronize()
         return time.perf_counter() - start
@@ -116,7 +116,8 @@ def main() -> None:
     ratio = per_measured / per_trained
     print(
         f"device {device}; model hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; "
-        f"batch {args.batch} x {args.length} tokens; {len(layout.names)} shared tensors, {layout.numel:,} values"
+        f"batch {args.batch} x {args.length} tokens; {len(gradient_index.names)} shared tensors, "
+        f"{gradient_index.numel:,} values"
     )
     print(f"training step:  {per_trained * 1e3:.2f} ms per trained sentence (median of {args.repeats})")
     print(f"monitor:        {per_measured * 1e3:.2f} ms per measured sentence (median of {args.repeats})")

@@ -16,8 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
-from meta_xlm.analysis.cli import corpus_paths
-from meta_xlm.cli import parse_config_and_args
+from meta_xlm.cli import corpus_paths, parse_config_and_args
 from meta_xlm.analysis.runs import GradientSettings, gradient_conflict_over_checkpoints, training_checkpoints
 from meta_xlm.data import load_corpora
 

@@ -14,8 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
-from meta_xlm.analysis.cli import corpus_paths, mask_group_specs
-from meta_xlm.cli import parse_config_and_args
+from meta_xlm.cli import corpus_paths, mask_group_specs, parse_config_and_args
 from meta_xlm.analysis.masks import DEFAULT_MASK_GROUPS
 from meta_xlm.analysis.runs import MaskSettings, load_checkpoint, mask_analysis
 from meta_xlm.data import load_corpora

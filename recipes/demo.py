@@ -1,6 +1,6 @@
 """The README's main job: the paper's pipeline end to end at toy scale, on real text, in minutes on 2 CPU cores.
 
-    python recipes/demo.py [--output_dir runs/demo] [--data_dir ../shared/data]
+    python recipes/demo.py [--output_dir runs/demo] [--data_dir ../shared/data]   ($META_XLM_DATA if set)
 
 1. a shared BPE tokenizer and a tiny JointPair (en + sw) model  (recipes/configs/tiny_joint_pair.yaml)
 2. a tiny +meta adpt model on the same tokenizer               (recipes/configs/tiny_meta_adpt.yaml)
@@ -14,6 +14,7 @@ Each step is a recipe run as a subprocess; the demo only chains them and prints 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,13 +27,13 @@ from meta_xlm.model_card import write_model_card
 
 RECIPES = Path(__file__).resolve().parent
 MODEL_CARDS = RECIPES.parent / "model_cards"
-DEFAULT_DATA_DIR = RECIPES.parent.parent / "shared" / "data"
+DEFAULT_DATA_DIR = Path(os.environ.get("META_XLM_DATA", RECIPES.parent.parent / "shared" / "data"))
 
 
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "where every output of the demo goes"})
-    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "../shared/data layout"})
+    data_dir: str = field(default=str(DEFAULT_DATA_DIR), metadata={"help": "data laid out as ../shared/data"})
     pretrain_steps: int = field(default=1000, metadata={"help": "optimizer steps of each tiny pretraining run"})
     finetune_train_examples: int = field(default=1000)
     finetune_eval_examples: int = field(default=300)

@@ -11,25 +11,33 @@ or target (within-language) dev set, a checkpoint per epoch, the whole network f
 --epochs, --batch_sizes, --learning_rates, --max_grid_points, --max_steps, --max_train_examples.
 Writes <output_dir>/metrics.json (per eval language + avg); recipes/results_table.py collects those files.
 Every field of FinetuneArguments and TrainingArguments can be set in the YAML file or on the command line; the
-command line wins. An unknown key is an error.
+command line wins. An unknown key is an error. --data_dir defaults to $META_XLM_DATA, else to ../shared/data
+beside this checkout.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes for model_type "meta_xlm")
 from meta_xlm.cli import parse_config_and_args
-from meta_xlm.tasks.finetuning import FinetuneArguments, check_arguments, run_finetuning, write_metrics
+from meta_xlm.tasks.finetuning import FinetuneArguments, check_arguments, run_finetuning
+from meta_xlm.tasks.records import write_metrics
 
 logger = logging.getLogger("finetune")
+# The benchmark data sits beside a checkout (../shared/data); META_XLM_DATA points anywhere else.
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_DIR = os.environ.get("META_XLM_DATA", str(CHECKOUT_DATA_DIR))
 
 
 def main(argv: list[str]) -> None:
     args, training_args = parse_config_and_args((FinetuneArguments, TrainingArguments), argv)
+    args.data_dir = args.data_dir or DEFAULT_DATA_DIR
     check_arguments(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 
 from meta_xlm.cli import key_value, parse_config_and_args
-from meta_xlm.analysis.report import build_report, load_finetune_records
+from meta_xlm.analysis.report import build_report
+from meta_xlm.tasks.records import load_metrics_records
 
 logger = logging.getLogger("report")
 
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
     runs = dict(key_value(entry, "pretraining_runs", "NAME=DIR") for entry in args.pretraining_runs)
     report = build_report(
         args.output_dir,
-        load_finetune_records(expand(args.finetune_metrics)),
+        load_metrics_records(expand(args.finetune_metrics)),
         runs,
         args.perplexity_languages,
         args.loss_runs,

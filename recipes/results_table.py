@@ -15,7 +15,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from meta_xlm.tasks.tables import build_results_tables, find_metrics_files, load_metrics_files, render
+from meta_xlm.tasks.records import find_metrics_files, load_metrics_records
+from meta_xlm.tasks.tables import build_results_tables, render
 
 
 @dataclass
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
     if positional:
         argv = ["--metrics", *positional, *argv]
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    records = load_metrics_files(find_metrics_files(args.metrics))
+    records = load_metrics_records(find_metrics_files(args.metrics))
     documents = render(build_results_tables(records, args.tasks or None, args.with_reference))
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

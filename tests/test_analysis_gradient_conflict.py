@@ -17,7 +17,7 @@ from meta_xlm.analysis.gradient_conflict import (
     measure_gradient_conflict,
     preserved_rng_state,
     segment_cosines,
-    shared_gradient_layout,
+    shared_gradient_index,
 )
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
@@ -61,11 +61,11 @@ def mlm_batch(language: str, seed: int, batch: int = BATCH) -> dict[str, torch.T
 def test_gradient_of_a_batch_with_itself_has_cosine_one():
     model = tiny_model()
     model.eval()  # dropout would make two passes over the same batch differ
-    layout = shared_gradient_layout(model)
+    gradient_index = shared_gradient_index(model)
     batch = mlm_batch("en", 0)
-    first, _ = accumulated_gradient(model, layout, iter([batch]), BATCH)
-    second, _ = accumulated_gradient(model, layout, iter([batch]), BATCH)
-    cosines = segment_cosines(first, second, layout)
+    first, _ = accumulated_gradient(model, gradient_index, iter([batch]), BATCH)
+    second, _ = accumulated_gradient(model, gradient_index, iter([batch]), BATCH)
+    cosines = segment_cosines(first, second, gradient_index)
     assert {"all", "embeddings", "layer.0", "layer.1.attention", "layer.1.ffn"} <= set(cosines)
     for segment, value in cosines.items():
         assert value == pytest.approx(1.0, abs=1e-6), segment
@@ -109,19 +109,20 @@ def test_accumulation_weights_micro_batches_by_sentences():
     """Accumulating two micro-batches of 13 = the gradient of their 26-sentence mean-of-means."""
     model = tiny_model()
     model.eval()
-    layout = shared_gradient_layout(model)
+    gradient_index = shared_gradient_index(model)
     a, b = mlm_batch("en", 4), mlm_batch("en", 5)
-    accumulated, sentences = accumulated_gradient(model, layout, iter([a, b]), 2 * BATCH)
+    accumulated, sentences = accumulated_gradient(model, gradient_index, iter([a, b]), 2 * BATCH)
     assert sentences == 2 * BATCH
-    expected = (hand_gradient(model, a, layout.names) + hand_gradient(model, b, layout.names)) / 2
+    names = gradient_index.names
+    expected = (hand_gradient(model, a, names) + hand_gradient(model, b, names)) / 2
     torch.testing.assert_close(accumulated, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_running_out_of_batches_is_a_clear_error():
     model = tiny_model()
-    layout = shared_gradient_layout(model)
+    gradient_index = shared_gradient_index(model)
     with pytest.raises(ValueError, match="ran out after 13 sentences; target_sentences=4096"):
-        accumulated_gradient(model, layout, iter([mlm_batch("en", 0)]), 4096)
+        accumulated_gradient(model, gradient_index, iter([mlm_batch("en", 0)]), 4096)
 
 
 def test_measurement_leaves_rng_grad_and_mode_untouched():

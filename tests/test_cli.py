@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from meta_xlm.cli import grouped_key_values, key_value, parse_config_and_args
+from meta_xlm.analysis.masks import MaskGroupSpec
+from meta_xlm.cli import grouped_key_values, key_value, mask_group_specs, parse_config_and_args
 
 
 @dataclass
@@ -52,3 +53,11 @@ def test_key_value_entries():
     assert grouped_key_values(["en=a", "sw=b", "en=c"], "corpus_files") == {"en": ["a", "c"], "sw": ["b"]}
     with pytest.raises(SystemExit, match="corpus_files entry 'en' is not LANG=PATH"):
         key_value("en", "corpus_files", "LANG=PATH")
+
+
+def test_mask_group_specs_keep_colons_of_the_regex_and_reject_short_entries():
+    specs = mask_group_specs([r"ffn:neuron:layer\.(?P<layer>\d+)\.(?:output):x"])
+    pattern = r"layer\.(?P<layer>\d+)\.(?:output):x"
+    assert specs == [MaskGroupSpec(sublayer="ffn", pattern=pattern, unit="neuron")]
+    with pytest.raises(SystemExit, match="mask_groups entry 'ffn:neuron' is not SUBLAYER:UNIT:REGEX"):
+        mask_group_specs(["ffn:neuron"])

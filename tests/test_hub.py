@@ -270,6 +270,24 @@ def test_push_to_main_without_revision_creates_no_branch(fake_hub, checkpoint):
     )  # the Hub's default (public unless the org says otherwise)
 
 
+def test_sub_folders_and_pickles_stay_home_and_create_pr_goes_to_main(tmp_path, fake_hub, checkpoint):
+    directory, _ = checkpoint
+    copy = tmp_path / "with_history"
+    copy.mkdir()
+    for path in directory.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    for name in ("checkpoint-7/model.safetensors", "checkpoint-7/optimizer.pt", "runs/events.json"):
+        (copy / name).parent.mkdir(exist_ok=True)
+        (copy / name).write_bytes(b"history")
+    push_to_hub(copy, REPO_ID)
+    uploaded = fake_hub.commits[-1]["files"]
+    assert sorted(uploaded) == publishable_files(copy) and "training_args.bin" not in uploaded
+    assert not any("/" in name for name in uploaded)  # nothing of checkpoint-7/ or runs/
+    with pytest.raises(ValueError, match="create_pr=True opens a pull request against main: drop revision="):
+        push_to_hub(copy, REPO_ID, revision="v2", create_pr=True)
+    assert not any("v2" in path for _, path in fake_hub.requests)  # refused before any request
+
+
 def test_incomplete_output_folder_is_not_published(tmp_path, checkpoint):
     directory, _ = checkpoint
     for missing, message in [("README.md", "README.md"), ("model.safetensors", "safetensors"),
@@ -313,7 +331,7 @@ def test_load_pretrained_reads_safetensors_and_refuses_pickle_only(tmp_path):
     opted_in = load_pretrained(MetaXLMForMaskedLM, pickled, allow_pickle=True)
     torch.testing.assert_close(opted_in(input_ids=ids).logits, model(input_ids=ids).logits)
     config.save_pretrained(tmp_path / "config_only")
-    with pytest.raises(OSError, match="no model weights"):
+    with pytest.raises(OSError, match="no file named model.safetensors, or pytorch_model.bin"):
         load_pretrained(MetaXLMForMaskedLM, tmp_path / "config_only", allow_pickle=True)
 
 

@@ -5,7 +5,7 @@ import gzip
 import datasets
 import pytest
 
-from meta_xlm.tasks.layout import load_task_split, resolve_data_file
+from meta_xlm.tasks.splits import load_task_split, resolve_data_file
 from meta_xlm.tasks.loaders import (
     NLI_LABELS,
     PANX_TAGS,
@@ -211,6 +211,8 @@ def test_missing_split_is_a_clear_error(tmp_path):
         resolve_data_file("pos", "hi", "train", tmp_path)
     with pytest.raises(ValueError, match="no qa data for language 'fr'"):
         resolve_data_file("qa", "fr", "dev", tmp_path)
+    with pytest.raises(ValueError, match="no data_dir to read the ner test split of 'sw'.*META_XLM_DATA"):
+        resolve_data_file("ner", "sw", "test", None)  # the library has no checkout-relative default
 
 
 # ------------------------------------------------------------------------------------------- Hub layout

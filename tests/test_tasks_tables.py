@@ -5,7 +5,8 @@ import json
 import pytest
 
 from meta_xlm.tasks.reference import QA_EXACT_MATCH, REFERENCE, REFERENCE_LANGUAGES
-from meta_xlm.tasks.tables import build_results_table, build_results_tables, load_metrics_files, render
+from meta_xlm.tasks.records import load_metrics_records
+from meta_xlm.tasks.tables import build_results_table, build_results_tables, render
 
 
 def _mean(row, languages):
@@ -48,6 +49,7 @@ def record(task, setting, model, scores, path):
         "task": task,
         "setting": setting,
         "model": model,
+        "main_metric": metric,
         "_path": path,
         "scores": {language: {metric: value} for language, value in scores.items()},
     }
@@ -84,7 +86,7 @@ def test_reference_rows_and_renderings(tmp_path):
     path.write_text(
         json.dumps(record("nli", "zero_shot", "ours", {"fr": 70.0, "sw": 60.0}, "")), encoding="utf-8"
     )
-    tables = build_results_tables(load_metrics_files([path]), with_reference=True)
+    tables = build_results_tables(load_metrics_records([path]), with_reference=True)
     assert [table.task for table in tables] == ["nli"]
     documents = render(tables)
     assert "| paper: XLM | 68.2 | 75.2 | 72.3 | 65.4 | 58.1 | 67.8 |" in documents["md"]
@@ -97,5 +99,6 @@ def test_reference_rows_and_renderings(tmp_path):
 def test_metrics_file_without_scores_is_rejected(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"task": "ner", "setting": "within", "model": "m"}', encoding="utf-8")
-    with pytest.raises(ValueError, match="metrics file has no 'scores' field"):
-        load_metrics_files([path])
+    expected = r"metrics\.json: not a fine-tuning metrics record: no \['main_metric', 'scores'\] field"
+    with pytest.raises(ValueError, match=expected):
+        load_metrics_records([path])

@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the recipes: a YAML file (--config) gives defaults, flags override them."""
+"""Command-line plumbing shared by the recipes: a YAML file (--config) gives defaults, flags override them;
+list flags of KEY=VALUE entries (corpus files per language) and mask-group specs (the analysis recipes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import asdict
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+from meta_xlm.analysis.masks import MaskGroupSpec
 
 
 def arguments_to_dict(arguments) -> dict:
@@ -65,3 +68,21 @@ def grouped_key_values(entries: list[str], field_name: str, expected: str = "LAN
         key, value = key_value(entry, field_name, expected)
         grouped.setdefault(key, []).append(value)
     return grouped
+
+
+def corpus_paths(entries: list[str]) -> dict[str, list[str]]:
+    """LANG=PATH entries (repeatable) -> {lang: [paths]}."""
+    return grouped_key_values(entries, "corpus_files", "LANG=PATH")
+
+
+def mask_group_specs(entries: list[str]) -> list[MaskGroupSpec]:
+    """SUBLAYER:UNIT:REGEX entries (the regex may hold colons), e.g.
+    `ffn:neuron:roberta\\.encoder\\.layer\\.(?P<layer>\\d+)\\.output\\.dense\\.weight`."""
+    specs = []
+    for entry in entries:
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise SystemExit(f"error: mask_groups entry {entry!r} is not SUBLAYER:UNIT:REGEX")
+        sublayer, unit, pattern = parts
+        specs.append(MaskGroupSpec(sublayer=sublayer, pattern=pattern, unit=unit))
+    return specs

@@ -16,7 +16,8 @@ The pipeline (Section 3.2 of the paper, following XLM, Lample & Conneau 2019):
    `config.languages`). `language_sampling_probabilities` gives p_i ∝ (L_i / Σ_j L_j)^(1/T).
 4. `MLMCollator` masks 15% of the non-special tokens with BERT's 80/10/10 rule.
 
-`build_pretraining_data` runs 1-3 for a list of languages and returns what `MetaXLMTrainer` takes.
+`load_corpora`, `split_corpora` and `build_blocks` run 1-3 for a list of languages and return
+`PretrainingData`, what `MetaXLMTrainer` takes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Publishing MetaXLM output folders to the Hugging Face Hub, and loading checkpoints without unpickling.
 
-Publish (`push_to_hub`): one commit holding exactly the files of `publishable_files(output_dir)`:
+Publish (`push_to_hub`): `HfApi.upload_folder` with the patterns below, so that the commit holds exactly the
+files of `publishable_files(output_dir)`:
     config.json (with the complete `auto_map`), model.safetensors (or its shards + index), the remote code
     (configuration_meta_xlm.py, modeling_meta_xlm.py: `trust_remote_code=True` works without meta-xlm installed),
     the tokenizer files, README.md (the model card, see `meta_xlm.model_card`), and the run's configuration and
@@ -8,8 +9,9 @@ Publish (`push_to_hub`): one commit holding exactly the files of `publishable_fi
 Pickle files (*.bin, *.pt, *.pth, *.pkl: Trainer's training_args.bin, optimizer states) are never published, and
 sub-folders (checkpoint-*, runs/) are not either.
 
-Load (`load_pretrained`): safetensors weights only, unless the caller opts in with `allow_pickle=True`; a
-pickle file can run arbitrary code when it is loaded.
+Load (`load_pretrained`): `from_pretrained(use_safetensors=True)`, Transformers' own refusal of pickle
+weights, unless the caller opts in with `allow_pickle=True`; a pickle file can run arbitrary code when it is
+loaded. A checkpoint with pickle weights only gets an error saying so and how to opt in.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
+from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub.utils import filter_repo_objects
 from transformers.utils.hub import cached_file
 
 from meta_xlm.modeling_meta_xlm import AUTO_MAP
@@ -30,7 +33,9 @@ REMOTE_CODE_FILES = ("configuration_meta_xlm.py", "modeling_meta_xlm.py")
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-PUBLISHED_SUFFIXES = (".json", ".safetensors", ".py", ".yaml", ".yml", ".md", ".txt", ".model")
+# huggingface_hub's patterns (fnmatch: "*" also matches "/"); no allow pattern matches a pickle suffix.
+PUBLISHED_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.yaml", "*.yml", "*.md", "*.txt", "*.model"]
+SUBFOLDER_PATTERNS = ["*/*"]  # checkpoint-*/, runs/: the run's history, not the model
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -66,7 +71,9 @@ def publishable_files(output_dir: str | os.PathLike) -> list[str]:
     skipped = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
     if skipped:
         logger.info("not publishing pickle files %s (only safetensors weights are published)", skipped)
-    return [name for name in names if name.endswith(PUBLISHED_SUFFIXES)]
+    return list(
+        filter_repo_objects(names, allow_patterns=PUBLISHED_PATTERNS, ignore_patterns=SUBFOLDER_PATTERNS)
+    )
 
 
 def check_config_for_remote_code(config_path: Path) -> dict:
@@ -96,22 +103,26 @@ def push_to_hub(
     commit_message: str | None = None,
     create_pr: bool = False,
 ) -> CommitInfo:
-    """Upload a model output folder (model, tokenizer, card, run config and results) to `repo_id` in one commit.
+    """Upload a model output folder (model, tokenizer, card, run config and results) to `repo_id`.
 
     `revision` names a branch (created from main when it does not exist); `private` is used when the repository
-    is created. Returns the commit (its `oid` is the revision `from_pretrained(..., revision=...)` can pin).
+    is created; `create_pr` opens a pull request against main instead (not with `revision`). Returns the
+    commit (its `oid` is the revision `from_pretrained(..., revision=...)` can pin).
     """
     root = Path(output_dir)
     files = publishable_files(root)
+    if create_pr and revision is not None:
+        raise ValueError(f"create_pr=True opens a pull request against main: drop revision={revision!r}")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(root / name)) for name in files]
     logger.info("pushing %d files of %s to %s (revision %s)", len(files), root, repo_id, revision or "main")
-    return api.create_commit(
-        repo_id,
-        operations=operations,
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=root,
+        allow_patterns=PUBLISHED_PATTERNS,
+        ignore_patterns=list(SUBFOLDER_PATTERNS),  # upload_folder appends its defaults to the list it gets
         commit_message=commit_message or f"Upload MetaXLM model from {root.name}",
         revision=revision,
         create_pr=create_pr,
@@ -122,43 +133,24 @@ def push_to_hub(
 # ----------------------------------------------------------------------------------------------------------------
 # Loading without unpickling
 # ----------------------------------------------------------------------------------------------------------------
-def has_file(
-    name_or_path: str | os.PathLike, filename: str, revision: str | None = None, **hub_kwargs
-) -> bool:
-    """Whether a local folder or a Hub repository (its cache, offline) holds `filename`."""
+def pickle_weight_files(
+    name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> list[str]:
+    """The pickle weight files a local folder or a Hub repository (its cache, offline) holds."""
     if Path(name_or_path).is_dir():
-        return (Path(name_or_path) / filename).is_file()
-    resolved = cached_file(
-        str(name_or_path),
-        filename,
-        revision=revision,
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-        **hub_kwargs,
-    )
-    return resolved is not None
-
-
-def check_safe_weights(
-    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, revision: str | None = None, **hub_kwargs
-) -> str:
-    """'safetensors' or 'pickle': the weight format `from_pretrained` will read; refuses pickle without opt-in."""
-    if any(has_file(name_or_path, name, revision, **hub_kwargs) for name in SAFETENSORS_WEIGHTS):
-        return "safetensors"
-    pickled = [name for name in PICKLE_WEIGHTS if has_file(name_or_path, name, revision, **hub_kwargs)]
-    if not pickled:
-        raise OSError(
-            f"{name_or_path} has no model weights: expected {' or '.join(SAFETENSORS_WEIGHTS)}"
-            + (f" at revision {revision!r}" if revision else "")
+        return [name for name in PICKLE_WEIGHTS if (Path(name_or_path) / name).is_file()]
+    found = [
+        cached_file(
+            str(name_or_path),
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
         )
-    if not allow_pickle:
-        raise UnsafeCheckpointError(
-            f"{name_or_path} has weights only as pickle ({', '.join(pickled)}): unpickling can run arbitrary code, "
-            "so it is refused. Convert the checkpoint to safetensors (model.save_pretrained writes "
-            "model.safetensors), or pass allow_pickle=True (CLI: --allow_pickle) if you trust its author."
-        )
-    logger.warning("loading pickle weights %s of %s (allow_pickle=True)", pickled, name_or_path)
-    return "pickle"
+        for name in PICKLE_WEIGHTS
+    ]
+    return [name for name, path in zip(PICKLE_WEIGHTS, found) if path is not None]
 
 
 def load_pretrained(
@@ -170,27 +162,34 @@ def load_pretrained(
     cache_dir: str | os.PathLike | None = None,
     **kwargs,
 ):
-    """`model_class.from_pretrained(name_or_path, revision=...)` that reads safetensors weights only.
+    """`model_class.from_pretrained(name_or_path, revision=..., use_safetensors=True)` unless `allow_pickle`.
 
     `model_class` is any class with `from_pretrained` (MetaXLMForMaskedLM, AutoModelForMaskedLM, ...); `kwargs` go
-    to it (trust_remote_code, torch_dtype, output_loading_info, ...). Pickle weights load only with
-    `allow_pickle=True`.
+    to it (trust_remote_code, dtype, output_loading_info, ...). Pickle weights load only with
+    `allow_pickle=True` (safetensors still win when both exist); a checkpoint with pickle weights only and
+    no opt-in raises UnsafeCheckpointError.
     """
-    weights = check_safe_weights(
-        name_or_path, allow_pickle=allow_pickle, revision=revision, cache_dir=cache_dir
-    )
-    return model_class.from_pretrained(
-        name_or_path,
-        revision=revision,
-        cache_dir=cache_dir,
-        use_safetensors=weights == "safetensors",
-        **kwargs,
-    )
+    try:
+        return model_class.from_pretrained(
+            name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            use_safetensors=None if allow_pickle else True,
+            **kwargs,
+        )
+    except OSError as error:
+        pickled = [] if allow_pickle else pickle_weight_files(name_or_path, revision, cache_dir)
+        if not pickled:
+            raise
+        raise UnsafeCheckpointError(
+            f"{name_or_path} has weights only as pickle ({', '.join(pickled)}): unpickling can run arbitrary "
+            "code, so it is refused. Convert the checkpoint to safetensors (model.save_pretrained writes "
+            "model.safetensors), or pass allow_pickle=True (CLI: --allow_pickle) if you trust its author."
+        ) from error
 
 
 __all__ = [
     "UnsafeCheckpointError",
-    "check_safe_weights",
     "load_pretrained",
     "publishable_files",
     "push_to_hub",

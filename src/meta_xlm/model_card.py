@@ -10,10 +10,9 @@
 - results, intended use, limitations (e.g. the negative interference found), the exact code commit, the
   paper's citation and usage code that runs as written.
 
-Metrics files (one JSON per fine-tuning run, as `recipes/finetune.py` writes; see `meta_xlm.tasks.tables`):
-    {"task": "ner" | "pos" | "qa" | "nli", "setting": "within" | "zero_shot", "model": "<name>",
-     "scores": {"<lang>": {"<metric>": <number>, ...}, ...}, "split": "<split>" (optional)}
-Every numeric score becomes one model-index entry (task, dataset, language config, metric, setting).
+Metrics files: one record per fine-tuning run, as `recipes/finetune.py` writes it (format and reader:
+`meta_xlm.tasks.records`). Every numeric score becomes one model-index entry (task, dataset, language config,
+metric, setting).
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.table_output import markdown_table
+from meta_xlm.tasks.records import check_metrics_record, load_metrics_records
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +224,8 @@ def eval_results(records: Sequence[Mapping]) -> list[EvalResult]:
     """One model-index entry per (task, setting, language, metric) of the metrics records."""
     results = []
     for record in records:
+        check_metrics_record(record, record.get("_path", "metrics record"))
         task, setting = record["task"], record["setting"]
-        if task not in TASKS or setting not in SETTINGS:
-            raise ValueError(
-                f"{record.get('_path', 'metrics record')}: task {task!r} / setting {setting!r}: expected a task in "
-                f"{sorted(TASKS)} and a setting in {sorted(SETTINGS)}"
-            )
         task_type, dataset_id, dataset_title = TASKS[task]
         for language, scores in record["scores"].items():
             for metric, value in scores.items():
@@ -249,29 +246,9 @@ def eval_results(records: Sequence[Mapping]) -> list[EvalResult]:
     return results
 
 
-def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    records = []
-    for path in paths:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("task", "setting", "scores"):
-            if key not in record:
-                raise ValueError(
-                    f"{path}: metrics file has no {key!r} field (see meta_xlm.model_card's docstring)"
-                )
-        record["_path"] = str(path)
-        records.append(record)
-    return records
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------------------
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def architecture_table(config: MetaXLMConfig) -> str:
     rows = [
         ("languages (`config.languages`, indexed by `lang_ids`)", ", ".join(config.languages)),
@@ -288,6 +265,25 @@ def architecture_table(config: MetaXLMConfig) -> str:
             )
         )
     return markdown_table(["", ""], rows)
+
+
+def training_section(
+    training_config: Mapping,
+    training_config_file: str | None,
+    trainer_state: Mapping | None,
+    hardware: str | None,
+    num_processes: int | None,
+) -> str:
+    """The training set-up table (hardware default: this machine, labelled so) and where the config is."""
+    hardware = hardware or f"{describe_hardware()} (the machine that wrote this card)"
+    table = markdown_table(
+        ["setting", "value"], training_rows(training_config, trainer_state, hardware, num_processes)
+    )
+    return table + "\n\n" + (
+        f"The full run configuration is `{training_config_file}` in this repository."
+        if training_config_file
+        else "No run configuration file was recorded with this checkpoint."
+    )
 
 
 def results_section(records: Sequence[Mapping]) -> str:
@@ -358,15 +354,6 @@ def render_model_card(
         model_name=title,
         eval_results=eval_results(metrics) or None,
     )
-    hardware = hardware or f"{describe_hardware()} (the machine that wrote this card)"
-    training = markdown_table(
-        ["setting", "value"], training_rows(training_config, trainer_state, hardware, num_processes)
-    )
-    training += "\n\n" + (
-        f"The full run configuration is `{training_config_file}` in this repository."
-        if training_config_file
-        else "No run configuration file was recorded with this checkpoint."
-    )
     summary = f"Languages: {', '.join(config.languages)}." + (
         f" Initialised from `{base_model}`." if base_model else ""
     )
@@ -378,7 +365,9 @@ def render_model_card(
         summary=summary,
         variant=variant,
         architecture=architecture_table(config),
-        training=training,
+        training=training_section(
+            training_config, training_config_file, trainer_state, hardware, num_processes
+        ),
         results=results_section(metrics),
         usage=usage_code(config, model_id),
         intended_use=intended_use,
@@ -434,7 +423,7 @@ def write_model_card(
         training_config=settings,
         training_config_file=settings_file,
         trainer_state=trainer_state,
-        metrics=load_metrics(metrics_files),
+        metrics=load_metrics_records(metrics_files),
         hardware=hardware,
         num_processes=num_processes,
         base_model=base_model,

@@ -33,9 +33,9 @@ from meta_xlm.modeling_meta_xlm import parameter_groups
 LAYER_PATTERN = re.compile(r"(?:^|\.)layer\.(\d+)\.(attention|intermediate|output)\.")
 
 
-# ---------------------------------------------------------------------------------------------- layout
+# ---------------------------------------------------------------------------------------------- flat index
 @dataclass
-class SharedGradientLayout:
+class SharedGradientIndex:
     """Where each shared parameter sits in one flat gradient vector, and which segments it belongs to.
 
     Segments: "all"; "embeddings"; "lm_head" (any head); "layer.{i}"; "layer.{i}.attention" (self-attention
@@ -64,7 +64,8 @@ def segments_of(name: str) -> list[str]:
     return ["head"]
 
 
-def shared_gradient_layout(model: nn.Module) -> SharedGradientLayout:
+def shared_gradient_index(model: nn.Module) -> SharedGradientIndex:
+    """The flat index of `model`'s trainable shared parameters θ (`parameter_groups(model).shared`)."""
     shared = {name: param for name, param in parameter_groups(model).shared.items() if param.requires_grad}
     if not shared:
         raise ValueError(f"{type(model).__name__} has no trainable shared parameters to measure gradients of")
@@ -73,13 +74,13 @@ def shared_gradient_layout(model: nn.Module) -> SharedGradientLayout:
     for index, name in enumerate(names):
         for segment in segments_of(name):
             segments.setdefault(segment, []).append(index)
-    return SharedGradientLayout(names, list(shared.values()), [p.numel() for p in shared.values()], segments)
+    return SharedGradientIndex(names, list(shared.values()), [p.numel() for p in shared.values()], segments)
 
 
 # ---------------------------------------------------------------------------------------------- gradients
 def accumulated_gradient(
     model: nn.Module,
-    layout: SharedGradientLayout,
+    gradient_index: SharedGradientIndex,
     batches: Iterator[Mapping[str, torch.Tensor]],
     target_sentences: int,
 ) -> tuple[torch.Tensor, int]:
@@ -87,9 +88,9 @@ def accumulated_gradient(
     (gradient accumulation, as the paper's footnote 2). Each micro-batch's loss is weighted by its share of the
     sentences. Returns (flat gradient (numel,), sentences used). Gradients go into ONE flat buffer through views
     (flattened once), via torch.autograd.grad: `.grad` of the parameters is never touched."""
-    device = layout.params[0].device
-    flat = torch.zeros(layout.numel, dtype=torch.float32, device=device)  # (numel,)
-    views = [view.view_as(param) for view, param in zip(flat.split(layout.sizes), layout.params)]
+    device = gradient_index.params[0].device
+    flat = torch.zeros(gradient_index.numel, dtype=torch.float32, device=device)  # (numel,)
+    views = [view.view_as(p) for view, p in zip(flat.split(gradient_index.sizes), gradient_index.params)]
     sentences = 0
     while sentences < target_sentences:
         try:
@@ -101,7 +102,7 @@ def accumulated_gradient(
         batch = {key: value.to(device) for key, value in batch.items()}
         batch_sentences = int(batch["input_ids"].shape[0])
         loss = model(**batch).loss * (batch_sentences / target_sentences)
-        grads = torch.autograd.grad(loss, layout.params, allow_unused=True)
+        grads = torch.autograd.grad(loss, gradient_index.params, allow_unused=True)
         for view, grad in zip(views, grads):
             if grad is not None:
                 view.add_(grad)
@@ -110,17 +111,18 @@ def accumulated_gradient(
 
 
 def segment_cosines(
-    first: torch.Tensor, second: torch.Tensor, layout: SharedGradientLayout
+    first: torch.Tensor, second: torch.Tensor, gradient_index: SharedGradientIndex
 ) -> dict[str, float]:
-    """cos(g1, g2) = g1·g2 / (‖g1‖ ‖g2‖) over every segment of the layout; NaN where a gradient is zero."""
+    """cos(g1, g2) = g1·g2 / (‖g1‖ ‖g2‖) over every segment of the index; NaN where a gradient is zero."""
+    sizes = gradient_index.sizes
     per_param = torch.stack(
         [
             torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()])
-            for a, b in zip(first.double().split(layout.sizes), second.double().split(layout.sizes))
+            for a, b in zip(first.double().split(sizes), second.double().split(sizes))
         ]
     )  # (num_params, 3): dot, ‖g1‖², ‖g2‖² per parameter
     cosines = {}
-    for segment, indices in layout.segments.items():
+    for segment, indices in gradient_index.segments.items():
         dot, square1, square2 = per_param[indices].sum(0).tolist()
         norm = (square1 * square2) ** 0.5
         cosines[segment] = dot / norm if norm > 0 else float("nan")
@@ -167,7 +169,7 @@ def measure_gradient_conflict(
     target_sentences: int = 4096,
     reference_language: str | None = None,
     seed: int = 0,
-    layout: SharedGradientLayout | None = None,
+    gradient_index: SharedGradientIndex | None = None,
 ) -> dict[str, dict[str, float]]:
     """Cosine similarity of the languages' shared-parameter gradients, per pair and segment.
 
@@ -182,25 +184,27 @@ def measure_gradient_conflict(
         raise ValueError(
             f"reference_language={reference!r} has no batches; languages with batches: {languages}"
         )
-    layout = layout or shared_gradient_layout(model)
+    gradient_index = gradient_index or shared_gradient_index(model)
     with preserved_rng_state(), eval_mode(model):
         seed_probe(seed)
         gradients = {}
         for language in languages:
             gradients[language], _ = accumulated_gradient(
-                model, layout, batches_by_language[language], target_sentences
+                model, gradient_index, batches_by_language[language], target_sentences
             )
-        replicate, _ = accumulated_gradient(model, layout, batches_by_language[reference], target_sentences)
+        replicate, _ = accumulated_gradient(
+            model, gradient_index, batches_by_language[reference], target_sentences
+        )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Each process measured its own batches: the full-batch gradient is the mean over processes.
             for flat in (*gradients.values(), replicate):
                 torch.distributed.all_reduce(flat)
                 flat /= torch.distributed.get_world_size()
     results = {
-        f"{a}-{b}": segment_cosines(gradients[a], gradients[b], layout)
+        f"{a}-{b}": segment_cosines(gradients[a], gradients[b], gradient_index)
         for a, b in itertools.combinations(languages, 2)
     }
-    results[f"{reference}-{reference}"] = segment_cosines(gradients[reference], replicate, layout)
+    results[f"{reference}-{reference}"] = segment_cosines(gradients[reference], replicate, gradient_index)
     return results
 
 
@@ -298,7 +302,7 @@ class GradientConflictCallback(TrainerCallback):
         self.tensorboard = tensorboard
         self.seed = seed
         self.log: GradientConflictLog | None = None
-        self.layout: SharedGradientLayout | None = None
+        self.gradient_index: SharedGradientIndex | None = None
         self.history: list[dict] = []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -307,7 +311,7 @@ class GradientConflictCallback(TrainerCallback):
         if model is None:
             raise ValueError("GradientConflictCallback needs the Trainer to pass `model` to its callbacks")
         model = getattr(model, "module", model)  # a DDP-wrapped model: measure the module itself
-        self.layout = self.layout or shared_gradient_layout(model)
+        self.gradient_index = self.gradient_index or shared_gradient_index(model)
         # The probe's randomness depends on the step only, so a resumed run measures the same batches' masks.
         results = measure_gradient_conflict(
             model,
@@ -315,7 +319,7 @@ class GradientConflictCallback(TrainerCallback):
             self.target_sentences,
             self.reference_language,
             self.seed + state.global_step,
-            self.layout,
+            self.gradient_index,
         )
         self.history.extend(conflict_rows(state.global_step, results))
         if state.is_world_process_zero:
@@ -333,12 +337,12 @@ class GradientConflictCallback(TrainerCallback):
 __all__ = [
     "GradientConflictCallback",
     "GradientConflictLog",
-    "SharedGradientLayout",
+    "SharedGradientIndex",
     "accumulated_gradient",
     "endless",
     "eval_mode",
     "measure_gradient_conflict",
     "preserved_rng_state",
     "segment_cosines",
-    "shared_gradient_layout",
+    "shared_gradient_index",
 ]

@@ -17,7 +17,6 @@ Gates act through `torch.func.functional_call` with masked weights; the model's 
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,7 +66,9 @@ class GatedWeight:
 
 
 @dataclass
-class MaskLayout:
+class GateMap:
+    """Which weight columns each entry of the flat π vector gates: the gated weights in π order."""
+
     weights: list[GatedWeight]
 
     @property
@@ -101,7 +102,7 @@ class MaskLayout:
         return list(dict.fromkeys(w.sublayer for w in self.weights))
 
 
-def resolve_mask_layout(model: nn.Module, specs: Sequence[MaskGroupSpec] = DEFAULT_MASK_GROUPS) -> MaskLayout:
+def resolve_gate_map(model: nn.Module, specs: Sequence[MaskGroupSpec] = DEFAULT_MASK_GROUPS) -> GateMap:
     """The gated weights of `model` for `specs`; an error names a spec that matches no parameter."""
     head_size = model.config.hidden_size // model.config.num_attention_heads
     columns = {"head": head_size, "neuron": 1}
@@ -138,14 +139,14 @@ def resolve_mask_layout(model: nn.Module, specs: Sequence[MaskGroupSpec] = DEFAU
                 )
             )
             offset += num_gates
-    return MaskLayout(weights)
+    return GateMap(weights)
 
 
-def masked_weights(model: nn.Module, layout: MaskLayout, gates: torch.Tensor) -> dict[str, torch.Tensor]:
+def masked_weights(model: nn.Module, gate_map: GateMap, gates: torch.Tensor) -> dict[str, torch.Tensor]:
     """θ ⊙ z for the gated weights: W (out, in) * z repeated over each gate's columns (in,)."""
     parameters = dict(model.named_parameters())
     masked = {}
-    for weight in layout.weights:
+    for weight in gate_map.weights:
         z = gates[weight.offset : weight.offset + weight.num_gates].repeat_interleave(
             weight.columns_per_gate
         )  # (in,)
@@ -186,7 +187,7 @@ def fit_gates(
 
 def learn_language_mask(
     model: nn.Module,
-    layout: MaskLayout,
+    gate_map: GateMap,
     batches: Iterator[Mapping[str, torch.Tensor]],
     steps: int,
     l0_lambda: float,
@@ -201,14 +202,15 @@ def learn_language_mask(
 
     def mlm_loss(gates: torch.Tensor) -> torch.Tensor:
         batch = next(batches)
-        return functional_call(model, masked_weights(model, layout, gates), args=(), kwargs=dict(batch)).loss
+        weights = masked_weights(model, gate_map, gates)
+        return functional_call(model, weights, args=(), kwargs=dict(batch)).loss
 
     return fit_gates(
         mlm_loss,
-        layout.num_gates,
+        gate_map.num_gates,
         steps,
         l0_lambda,
-        layout.group_sizes(),
+        gate_map.group_sizes(),
         learning_rate,
         seed=seed,
         progress=progress,
@@ -227,7 +229,7 @@ def centered_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def pi_similarity(
-    pis: Mapping[str, torch.Tensor], layout: MaskLayout, pairs: Sequence[tuple[str, str]]
+    pis: Mapping[str, torch.Tensor], gate_map: GateMap, pairs: Sequence[tuple[str, str]]
 ) -> list[dict]:
     """Fig. 4a: similarity of π between two runs per layer and sublayer, and over all layers ("all").
 
@@ -238,10 +240,10 @@ def pi_similarity(
     """
     rows = []
     for first, second in pairs:
-        for sublayer in layout.sublayers():
-            for layer in [*layout.layers(), "all"]:
-                chosen = layout.layers() if layer == "all" else [layer]
-                index = [s for chosen_layer in chosen for s in layout.slices(chosen_layer, sublayer)]
+        for sublayer in gate_map.sublayers():
+            for layer in [*gate_map.layers(), "all"]:
+                chosen = gate_map.layers() if layer == "all" else [layer]
+                index = [s for chosen_layer in chosen for s in gate_map.slices(chosen_layer, sublayer)]
                 a = torch.cat([pis[first][s] for s in index])
                 b = torch.cat([pis[second][s] for s in index])
                 rows.append(
@@ -257,7 +259,7 @@ def pi_similarity(
 
 
 def extreme_groups(
-    pi_language: torch.Tensor, pi_other: torch.Tensor, layout: MaskLayout, count: int = 10
+    pi_language: torch.Tensor, pi_other: torch.Tensor, gate_map: GateMap, count: int = 10
 ) -> list[dict]:
     """Fig. 4b: the `count` gates with the most negative and the `count` with the most positive π of one language,
     with the other run's π beside them; both normalised by their own max |π| ("normalized pruning variables")."""
@@ -265,7 +267,7 @@ def extreme_groups(
     other = pi_other / pi_other.abs().max().clamp_min(1e-30)
     order = torch.argsort(normalised)
     chosen = torch.cat([order[:count], order[-count:]]).tolist()
-    labels = layout.gate_labels()
+    labels = gate_map.gate_labels()
     return [
         {
             "group": f"L{labels[i][0]}.{labels[i][1]}.{labels[i][2]}",
@@ -280,35 +282,26 @@ def extreme_groups(
 
 
 # ---------------------------------------------------------------------------------------------- files
-def save_pi(path: str | Path, pi: torch.Tensor, layout: MaskLayout, metadata: Mapping[str, str]) -> None:
-    """π and the gate layout (JSON in the safetensors metadata) in one file."""
+def save_pi(path: str | Path, pi: torch.Tensor, gate_map: GateMap, metadata: Mapping[str, str]) -> None:
+    """π and its gate map (JSON under the safetensors metadata key "layout") in one file."""
     meta = {
-        "layout": json.dumps([asdict(weight) for weight in layout.weights]),
+        "layout": json.dumps([asdict(weight) for weight in gate_map.weights]),
         **{k: str(v) for k, v in metadata.items()},
     }
     save_file({"log_alpha": pi.contiguous()}, str(path), metadata=meta)
 
 
-def load_pi(path: str | Path) -> tuple[torch.Tensor, MaskLayout]:
+def load_pi(path: str | Path) -> tuple[torch.Tensor, GateMap]:
     with safe_open(str(path), "pt") as handle:
-        layout = MaskLayout([GatedWeight(**entry) for entry in json.loads(handle.metadata()["layout"])])
-    return load_file(str(path))["log_alpha"], layout
-
-
-def write_csv(path: str | Path, rows: Sequence[Mapping]) -> None:
-    if not rows:
-        raise ValueError(f"no rows to write to {path}")
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        gate_map = GateMap([GatedWeight(**entry) for entry in json.loads(handle.metadata()["layout"])])
+    return load_file(str(path))["log_alpha"], gate_map
 
 
 __all__ = [
     "DEFAULT_MASK_GROUPS",
     "GatedWeight",
     "MaskGroupSpec",
-    "MaskLayout",
+    "GateMap",
     "centered_cosine",
     "cosine",
     "extreme_groups",
@@ -317,7 +310,6 @@ __all__ = [
     "load_pi",
     "masked_weights",
     "pi_similarity",
-    "resolve_mask_layout",
+    "resolve_gate_map",
     "save_pi",
-    "write_csv",
 ]

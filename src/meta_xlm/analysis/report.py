@@ -2,9 +2,8 @@
 over pretraining (Fig. 2) and early training loss of JointPair / +adpt / +meta adpt (Fig. 4c).
 
 Inputs
-- Fine-tuning metrics records, as recipes/finetune.py writes them (one JSON object per file):
-      {"task": "ner", "setting": "within" | "zero_shot", "model": "JointPair", "main_metric": "f1",
-       "scores": {"sw": {"f1": 84.1, ...}, ...}, ...}
+- Fine-tuning metrics records, as recipes/finetune.py writes them, read with
+  `meta_xlm.tasks.records.load_metrics_records` (the format is in that module's docstring).
 - Pretraining runs: an output_dir of recipes/pretrain.py. Its Trainer `log_history` is read from
   <run>/trainer_state.json, else from the newest checkpoint-N/trainer_state.json: entries with "loss" (training)
   and "eval_<lang>_loss" / "eval_<lang>_perplexity" (validation, per language).
@@ -12,7 +11,6 @@ Inputs
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -20,34 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
-
-RECORD_KEYS = ("task", "setting", "model", "main_metric", "scores")
+from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------- fine-tuning
-def load_finetune_records(paths: Sequence[str | Path]) -> list[dict]:
-    records = []
-    for path in paths:
-        path = Path(path)
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read fine-tuning metrics {path}: {error}") from error
-        missing = [key for key in RECORD_KEYS if key not in record]
-        if missing:
-            raise ValueError(
-                f"{path}: fine-tuning metrics record lacks {missing} (expected keys {list(RECORD_KEYS)})"
-            )
-        for language, scores in record["scores"].items():
-            if record["main_metric"] not in scores:
-                raise ValueError(
-                    f"{path}: scores[{language!r}] has no main_metric {record['main_metric']!r} (has {sorted(scores)})"
-                )
-        records.append({**record, "file": str(path)})
-    return records
-
-
 def within_language_scores(records: Sequence[Mapping]) -> dict[tuple[str, str, str], tuple[float, str]]:
     """(model, task, language) -> (main-metric score, file) of the within-language records."""
     scores: dict[tuple[str, str, str], tuple[float, str]] = {}
@@ -57,8 +32,8 @@ def within_language_scores(records: Sequence[Mapping]) -> dict[tuple[str, str, s
         for language, values in record["scores"].items():
             key = (record["model"], record["task"], language)
             if key in scores:
-                raise ValueError(f"{key} is scored twice: in {scores[key][1]} and {record['file']}")
-            scores[key] = (float(values[record["main_metric"]]), record["file"])
+                raise ValueError(f"{key} is scored twice: in {scores[key][1]} and {record['_path']}")
+            scores[key] = (float(values[record["main_metric"]]), record["_path"])
     return scores
 
 
@@ -140,20 +115,6 @@ def loss_curve(history: Sequence[Mapping], max_step: int | None = None) -> list[
 
 
 # ---------------------------------------------------------------------------------------------- output
-def write_rows(path: Path, rows: Sequence[Mapping]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def markdown_table(rows: Sequence[Mapping]) -> str:
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[key]) for key in header) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def curve_rows(curves: Mapping[str, Sequence[tuple[int, float]]], value_name: str) -> list[dict]:
     return [
         {"run": name, "step": step, value_name: value}
@@ -179,8 +140,8 @@ def build_report(
     sections = ["# Interference report"]
     if finetune_records:
         rows = interference_table(finetune_records, mono_model)
-        write_rows(output_dir / "interference.csv", rows)
-        table = markdown_table(rows)
+        write_csv(output_dir / "interference.csv", rows)
+        table = markdown_table(*columns_and_cells(rows))
         (output_dir / "interference.md").write_text(table + "\n", encoding="utf-8")
         count = sum(row["negative_interference"] for row in rows)
         sections.append(
@@ -192,7 +153,7 @@ def build_report(
         curves = {name: points for name, points in curves.items() if points}
         if not curves:
             raise ValueError(f"no pretraining run logged eval_{language}_loss; runs: {sorted(histories)}")
-        write_rows(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
+        write_csv(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
         plot_curves(
             curves,
             output_dir / f"perplexity_{language}.png",
@@ -209,7 +170,7 @@ def build_report(
         empty = [name for name, points in curves.items() if not points]
         if empty:
             raise ValueError(f"runs {empty} logged no training loss up to step {loss_max_step}")
-        write_rows(output_dir / "training_loss.csv", curve_rows(curves, "loss"))
+        write_csv(output_dir / "training_loss.csv", curve_rows(curves, "loss"))
         plot_curves(curves, output_dir / "training_loss.png", "MLM training loss", "loss")
         sections.append("## Early training loss (Fig. 4c)\n\n![](training_loss.png)")
     report = output_dir / "report.md"
@@ -220,7 +181,6 @@ def build_report(
 __all__ = [
     "build_report",
     "interference_table",
-    "load_finetune_records",
     "loss_curve",
     "perplexity_curve",
     "read_log_history",

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
@@ -25,16 +26,17 @@ from meta_xlm.analysis.gradient_conflict import (
 )
 from meta_xlm.analysis.hard_concrete import deterministic_gates
 from meta_xlm.analysis.masks import (
+    GateMap,
     MaskGroupSpec,
     extreme_groups,
     learn_language_mask,
     pi_similarity,
-    resolve_mask_layout,
+    resolve_gate_map,
     save_pi,
-    write_csv,
 )
 from meta_xlm.analysis.plots import plot_extreme_groups, plot_gradient_conflict, plot_mask_similarity
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
+from meta_xlm.table_output import write_csv
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -154,56 +156,17 @@ def mask_analysis(
         )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    layout = resolve_mask_layout(model, groups)
-    reference_halves = [corpora[reference_language].shard(2, index, contiguous=True) for index in (0, 1)]
-    runs = {language: corpora[language] for language in languages}
-    runs[reference_language] = reference_halves[0]
-    runs[replicate_name(reference_language)] = reference_halves[1]
-    logger.info(
-        "%d gates (%s) over %d weights", layout.num_gates, ", ".join(layout.sublayers()), len(layout.weights)
+    gate_map = resolve_gate_map(model, groups)
+    sublayers = ", ".join(gate_map.sublayers())
+    logger.info("%d gates (%s) over %d weights", gate_map.num_gates, sublayers, len(gate_map.weights))
+    runs = mask_runs(corpora, reference_language)
+    pis = learn_run_masks(model, tokenizer, runs, gate_map, settings, output_dir, source)
+    similarity = compare_masks(
+        pis, gate_map, languages, reference_language, settings.extreme_count, output_dir
     )
-
-    pis = {}
-    for index, (run, sentences) in enumerate(runs.items()):
-        language = run.split("#")[0]
-        seed = settings.seed + index
-        loader = language_dataloader(
-            sentences, tokenizer, model.language_id(language), settings.block_size, settings.batch_size, seed
-        )
-        pis[run] = learn_language_mask(
-            model,
-            layout,
-            endless(loader),
-            settings.steps,
-            settings.l0_lambda,
-            settings.learning_rate,
-            seed,
-            progress=f"π {run}",
-        )
-        save_pi(
-            output_dir / f"pi_{run.replace('#', '_')}.safetensors",
-            pis[run],
-            layout,
-            {"language": language, "run": run, "source": source, "seed": seed},
-        )
-
-    pairs = [(reference_language, replicate_name(reference_language))]
-    pairs += [(reference_language, language) for language in languages if language != reference_language]
-    similarity = pi_similarity(pis, layout, pairs)
-    write_csv(output_dir / "mask_similarity.csv", similarity)
-    plot_mask_similarity(similarity, output_dir / "mask_similarity.png")
-    for language in languages:
-        if language == reference_language:
-            continue
-        extremes = extreme_groups(pis[language], pis[reference_language], layout, settings.extreme_count)
-        write_csv(output_dir / f"mask_extremes_{language}.csv", extremes)
-        plot_extreme_groups(
-            extremes, language, reference_language, output_dir / f"mask_extremes_{language}.png"
-        )
-
     summary = {
         "source": source,
-        "num_gates": layout.num_gates,
+        "num_gates": gate_map.num_gates,
         "similarity_all_layers": {
             f"{row['pair']} {row['sublayer']}": row["cosine"] for row in similarity if row["layer"] == "all"
         },
@@ -214,6 +177,78 @@ def mask_analysis(
     }
     (output_dir / "mask_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
+
+
+def mask_runs(corpora: Mapping[str, Dataset], reference_language: str) -> dict[str, Dataset]:
+    """Run name -> sentences: every language, the reference language split into two disjoint halves (the
+    second half is the replicate run `replicate_name(reference_language)`)."""
+    reference_halves = [corpora[reference_language].shard(2, index, contiguous=True) for index in (0, 1)]
+    runs = dict(corpora)
+    runs[reference_language] = reference_halves[0]
+    runs[replicate_name(reference_language)] = reference_halves[1]
+    return runs
+
+
+def learn_run_masks(
+    model: MetaXLMForMaskedLM,
+    tokenizer,
+    runs: Mapping[str, Dataset],
+    gate_map: GateMap,
+    settings: MaskSettings,
+    output_dir: Path,
+    source: str,
+) -> dict[str, torch.Tensor]:
+    """π of every run (seed: settings.seed + the run's position), each saved as pi_<run>.safetensors."""
+    pis = {}
+    for index, (run, sentences) in enumerate(runs.items()):
+        language = run.split("#")[0]
+        seed = settings.seed + index
+        loader = language_dataloader(
+            sentences, tokenizer, model.language_id(language), settings.block_size, settings.batch_size, seed
+        )
+        pis[run] = learn_language_mask(
+            model,
+            gate_map,
+            endless(loader),
+            settings.steps,
+            settings.l0_lambda,
+            settings.learning_rate,
+            seed,
+            progress=f"π {run}",
+        )
+        save_pi(
+            output_dir / f"pi_{run.replace('#', '_')}.safetensors",
+            pis[run],
+            gate_map,
+            {"language": language, "run": run, "source": source, "seed": seed},
+        )
+    return pis
+
+
+def compare_masks(
+    pis: Mapping[str, torch.Tensor],
+    gate_map: GateMap,
+    languages: Sequence[str],
+    reference_language: str,
+    extreme_count: int,
+    output_dir: Path,
+) -> list[dict]:
+    """π similarity of the reference language with its replicate and every other language (Fig. 4a), and each
+    other language's most different gate groups (Fig. 4b), as CSV and PNG; returns the similarity rows."""
+    pairs = [(reference_language, replicate_name(reference_language))]
+    pairs += [(reference_language, language) for language in languages if language != reference_language]
+    similarity = pi_similarity(pis, gate_map, pairs)
+    write_csv(output_dir / "mask_similarity.csv", similarity)
+    plot_mask_similarity(similarity, output_dir / "mask_similarity.png")
+    for language in languages:
+        if language == reference_language:
+            continue
+        extremes = extreme_groups(pis[language], pis[reference_language], gate_map, extreme_count)
+        write_csv(output_dir / f"mask_extremes_{language}.csv", extremes)
+        plot_extreme_groups(
+            extremes, language, reference_language, output_dir / f"mask_extremes_{language}.png"
+        )
+    return similarity
 
 
 __all__ = [

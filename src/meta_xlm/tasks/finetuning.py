@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from transformers import (
     default_data_collator,
 )
 
-from meta_xlm.tasks.layout import (
+from meta_xlm.tasks.splits import (
     DATA_LAYOUT,
     TASKS,
     load_task_file,
@@ -72,7 +71,6 @@ PAPER_LEARNING_RATES = {
     "nli": [1e-6, 5e-6, 2e-5],
 }
 PAPER_CLASSIFIER_LEARNING_RATES = [5e-6, 2e-5, 5e-5]  # XNLI only
-DEFAULT_DATA_DIR = str(Path(__file__).resolve().parents[3].parent / "shared" / "data")
 
 
 @dataclass
@@ -96,8 +94,9 @@ class FinetuneArguments:
     model_name: str | None = field(
         default=None, metadata={"help": "row name in result tables (default: folder name)"}
     )
-    data_dir: str = field(
-        default=DEFAULT_DATA_DIR, metadata={"help": "benchmark data (../shared/data layout)"}
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "benchmark data laid out as ../shared/data (recipes: $META_XLM_DATA by default)"},
     )
     hub_dataset: str | None = field(
         default=None,
@@ -585,10 +584,3 @@ def metrics_record(args, labels, train, dev, tests, results, best, scores) -> di
         },
         "notes": notes,
     }
-
-
-def write_metrics(record: dict, output_dir: str | Path) -> Path:
-    path = Path(output_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path

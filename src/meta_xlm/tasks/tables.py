@@ -1,26 +1,23 @@
 """Results of several models in the paper's table layout: rows = models, columns = languages + avg, one block
 per setting (within-language, zero-shot cross-lingual), one table per task (Tables 2, 3, 6).
 
-Input: metrics records as written by recipes/finetune.py (`write_metrics` in `meta_xlm.tasks.finetuning`):
-    {"task": "pos", "setting": "within", "model": "JointPair", "main_metric": "f1",
-     "scores": {"te": {"f1": 88.1, "accuracy": 88.1}, ...}, ...}
-Several records of one (task, setting, model) are merged (a within-language run per language); the same
-language twice is an error. `avg` is the mean over the row's scored languages among the table's columns,
-English excluded, as the paper averages over its target languages only. Rendered as Markdown, CSV and JSON.
+Input: metrics records as recipes/finetune.py writes them, read with
+`meta_xlm.tasks.records.load_metrics_records` (the format is in that module's docstring). Several records of
+one (task, setting, model) are merged (a within-language run per language); the same language twice is an
+error. `avg` is the mean over the row's scored languages among the table's columns, English excluded, as the
+paper averages over its target languages only. Rendered as Markdown, CSV and JSON.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from meta_xlm.table_output import csv_text, markdown_table
 from meta_xlm.tasks.metrics import MAIN_METRIC
+from meta_xlm.tasks.records import SETTINGS
 from meta_xlm.tasks.reference import REFERENCE, REFERENCE_LANGUAGES, SOURCE
 
-SETTINGS = ("within", "zero_shot")
 SETTING_TITLES = {"within": "Within-language Monolingual", "zero_shot": "Zero-shot Cross-lingual"}
 TASK_TITLES = {"ner": "NER (F1)", "pos": "POS (F1)", "qa": "TyDiQA-GoldP (F1)", "nli": "XNLI (accuracy)"}
 
@@ -54,20 +51,15 @@ class ResultsTable:
 
     def to_markdown(self) -> str:
         header = ["model", *self.languages, "avg"]
-        lines = [
-            f"### {TASK_TITLES[self.task]}",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        partial = False
-        for setting, rows in self.blocks.items():
-            lines.append(f"| **{SETTING_TITLES[setting]}** |" + " |" * (len(header) - 1))
-            for row in rows:
-                cells = [_cell(row.scores.get(language)) for language in self.languages]
+        rows, partial = [], False
+        for setting, block in self.blocks.items():
+            rows.append([f"**{SETTING_TITLES[setting]}**", *[""] * (len(header) - 1)])
+            for row in block:
                 marker = " †" if self._is_partial(row) else ""
                 partial = partial or bool(marker)
-                lines.append("| " + " | ".join([row.model, *cells, _cell(row.avg) + marker]) + " |")
+                cells = [_cell(row.scores.get(language)) for language in self.languages]
+                rows.append([row.model, *cells, _cell(row.avg) + marker])
+        lines = [f"### {TASK_TITLES[self.task]}", "", markdown_table(header, rows)]
         if partial:
             lines += ["", "† average over the scored languages only (not every column has a score)."]
         return "\n".join(lines) + "\n"
@@ -99,36 +91,6 @@ def _cell(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
-
-
-def find_metrics_files(paths: list[str | Path]) -> list[Path]:
-    """Metrics files among `paths`: a file as is, a folder searched for metrics.json at any depth."""
-    found = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(path.rglob("metrics.json"))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path} is neither a metrics file nor a folder")
-    if not found:
-        raise FileNotFoundError(f"no metrics.json under {[str(p) for p in paths]}")
-    return found
-
-
-def load_metrics_files(paths: list[str | Path]) -> list[dict]:
-    """Read metrics JSON files; each record remembers its file under "_path"."""
-    records = []
-    for path in paths:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("task", "setting", "model", "scores"):
-            if key not in record:
-                raise ValueError(
-                    f"{path}: metrics file has no {key!r} field (expected the output of recipes/finetune.py)"
-                )
-        record["_path"] = str(path)
-        records.append(record)
-    return records
 
 
 def _average(scores: dict[str, float], languages: list[str]) -> float | None:
@@ -197,13 +159,10 @@ def build_results_tables(records: list[dict], tasks: list[str] | None = None, wi
 def render(tables: list[ResultsTable]) -> dict[str, str]:
     """The tables as one Markdown document, one CSV (columns: the union of the tables' languages) and one JSON."""
     languages = list(dict.fromkeys(language for table in tables for language in table.languages))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["task", "setting", "model", *languages, "avg", "source"])
-    for table in tables:
-        writer.writerows(table.csv_rows(languages))
+    header = ["task", "setting", "model", *languages, "avg", "source"]
+    rows = [row for table in tables for row in table.csv_rows(languages)]
     return {
         "md": "\n".join(table.to_markdown() for table in tables),
-        "csv": buffer.getvalue(),
+        "csv": csv_text(header, rows),
         "json": json.dumps([table.to_json() for table in tables], indent=2, ensure_ascii=False) + "\n",
     }

@@ -1,4 +1,5 @@
-"""Where each task's splits live under ../shared/data, and one entry point to load a split from there or the Hub.
+"""Where each task's splits live in a data folder laid out as ../shared/data, and one entry point to load a
+split from there or the Hub.
 
 The paper's splits are train / dev / test. Where a labelled split is missing from ../shared/data the table
 below says which file stands in, and `split_note` says so in words (written into every metrics file):
@@ -90,8 +91,13 @@ def split_note(task: str, split: str) -> str | None:
     return SPLIT_NOTES.get((task, split))
 
 
-def resolve_data_file(task: str, language: str, split: str, data_dir: str | Path) -> Path:
-    """Path of a task's split for a language under `data_dir` (../shared/data), per DATA_LAYOUT."""
+def resolve_data_file(task: str, language: str, split: str, data_dir: str | Path | None) -> Path:
+    """Path of a task's split for a language under `data_dir` (laid out as ../shared/data: DATA_LAYOUT)."""
+    if data_dir is None:
+        raise ValueError(
+            f"no data_dir to read the {task} {split} split of {language!r} from: pass data_dir (--data_dir), "
+            "set META_XLM_DATA for the recipes, or name a Hub dataset"
+        )
     if task not in DATA_LAYOUT:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if split not in SPLITS:
