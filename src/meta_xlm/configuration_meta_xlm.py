@@ -146,8 +146,7 @@ class MetaXLMConfig(PreTrainedConfig):
         self.ffn_adapter_placement = ffn_adapter_placement
         self.ffn_adapter_input_norm = ffn_adapter_input_norm
         self.ffn_adapter_skip = ffn_adapter_skip
-        # transformers 5.x no longer declares this on the base class: without it the LM head is silently untied.
-        self.tie_word_embeddings = tie_word_embeddings
+        self.tie_word_embeddings = tie_word_embeddings  # not a 5.x base field: without it the head is untied
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id

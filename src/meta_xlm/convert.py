@@ -219,7 +219,7 @@ def convert_xlmr(
 # ----------------------------------------------------------------------------------------------------------------
 # X-MOD
 # ----------------------------------------------------------------------------------------------------------------
-def xmod_ffn_adapter_layout(config) -> dict:
+def xmod_ffn_adapter_settings(config) -> dict:
     """X-MOD's adapter options as MetaXLMConfig fields (the table in configuration_meta_xlm.py)."""
     if config.adapter_layer_norm:
         input_norm = "adapter_layer_norm"
@@ -261,6 +261,69 @@ def choose_xmod_languages(
     return {rename.get(code, code): code for code in chosen}
 
 
+def xmod_target_config(
+    model: XmodForMaskedLM, code_map: Mapping[str, str], default_language: str | None, source_name: str
+) -> MetaXLMConfig:
+    """The MetaXLMConfig that holds an X-MOD model's kept languages: its shared fields, the adapter width read off
+    the first layer's adapter, and X-MOD's FFN-adapter placement."""
+    source_config = model.config
+    bottleneck = (
+        model.roberta.encoder.layer[0]
+        .output.adapter_modules[next(iter(code_map.values()))]
+        .dense1.out_features
+    )
+    if source_config.hidden_size % bottleneck != 0:
+        raise ValueError(
+            f"{source_name}: adapter width {bottleneck} does not divide hidden_size {source_config.hidden_size}; "
+            "MetaXLMConfig needs an integer adapter_reduction_factor"
+        )
+    return MetaXLMConfig(
+        **{name: getattr(source_config, name) for name in SHARED_CONFIG_FIELDS},
+        languages=list(code_map),
+        default_language=default_language,
+        language_modules="adapters",
+        adapter_reduction_factor=source_config.hidden_size // bottleneck,
+        **xmod_ffn_adapter_settings(source_config),
+    )
+
+
+def copy_xmod_weights(
+    target: MetaXLMForMaskedLM, model: XmodForMaskedLM, code_map: Mapping[str, str], source_name: str
+) -> None:
+    """Copy X-MOD's shared weights and the kept languages' FFN adapters into `target`; X-MOD has no
+    attention-side adapters, so ours start as the identity (zeroed output projection)."""
+    config = target.config
+    ffn_adapter_dicts = {
+        f"roberta.encoder.layer.{i}.output.adapter_modules" for i in range(config.num_hidden_layers)
+    }
+    dict_names = language_dict_names(target)
+
+    def source_key_of(key: str) -> str | None:
+        split = split_language_key(key, dict_names)
+        if split is None:
+            return key
+        dict_name, code, rest = split
+        if dict_name in ffn_adapter_dicts:
+            return f"{dict_name}.{code_map[code]}.{rest}"
+        return None  # attention-side adapters: X-MOD has none
+
+    dropped = {code for code in model.config.languages if code not in code_map.values()}
+    source_state = {
+        key: value
+        for key, value in model.state_dict().items()
+        if (split := split_language_key(key, sorted(ffn_adapter_dicts))) is None or split[1] not in dropped
+    }
+    copy_weights(target, source_state, source_key_of, source_name)
+    zero_output_projection(
+        target,
+        [
+            f"roberta.encoder.layer.{i}.attention.output.adapter_modules.{code}"
+            for i in range(config.num_hidden_layers)
+            for code in config.languages
+        ],
+    )
+
+
 def convert_xmod(
     source: str | os.PathLike | XmodForMaskedLM,
     languages: Sequence[str] | None = None,
@@ -287,63 +350,18 @@ def convert_xmod(
         default_language = next(
             ours for ours, theirs in code_map.items() if theirs == source_config.default_language
         )
-    bottleneck = (
-        model.roberta.encoder.layer[0]
-        .output.adapter_modules[next(iter(code_map.values()))]
-        .dense1.out_features
-    )
-    if source_config.hidden_size % bottleneck != 0:
-        raise ValueError(
-            f"{source_name}: adapter width {bottleneck} does not divide hidden_size {source_config.hidden_size}; "
-            "MetaXLMConfig needs an integer adapter_reduction_factor"
-        )
-    config = MetaXLMConfig(
-        **{name: getattr(source_config, name) for name in SHARED_CONFIG_FIELDS},
-        languages=list(code_map),
-        default_language=default_language,
-        language_modules="adapters",
-        adapter_reduction_factor=source_config.hidden_size // bottleneck,
-        **xmod_ffn_adapter_layout(source_config),
-    )
+    config = xmod_target_config(model, code_map, default_language, source_name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         target = MetaXLMForMaskedLM(config)
-    ffn_adapter_dicts = {
-        f"roberta.encoder.layer.{i}.output.adapter_modules" for i in range(config.num_hidden_layers)
-    }
-    dict_names = language_dict_names(target)
-
-    def source_key_of(key: str) -> str | None:
-        split = split_language_key(key, dict_names)
-        if split is None:
-            return key
-        dict_name, code, rest = split
-        if dict_name in ffn_adapter_dicts:
-            return f"{dict_name}.{code_map[code]}.{rest}"
-        return None  # attention-side adapters: X-MOD has none
-
-    dropped = {code for code in source_config.languages if code not in code_map.values()}
-    source_state = {
-        key: value
-        for key, value in model.state_dict().items()
-        if (split := split_language_key(key, sorted(ffn_adapter_dicts))) is None or split[1] not in dropped
-    }
-    copy_weights(target, source_state, source_key_of, source_name)
-    zero_output_projection(
-        target,
-        [
-            f"roberta.encoder.layer.{i}.attention.output.adapter_modules.{code}"
-            for i in range(config.num_hidden_layers)
-            for code in config.languages
-        ],
-    )
+    copy_xmod_weights(target, model, code_map, source_name)
     logger.info(
         "converted %s: languages %s (X-MOD codes %s)", source_name, list(code_map), list(code_map.values())
     )
     return target.eval()
 
 
-__all__ = ["convert_xlmr", "convert_xmod", "xmod_ffn_adapter_layout"]
+__all__ = ["convert_xlmr", "convert_xmod", "xmod_ffn_adapter_settings"]
 
 
 def save_converted(
