@@ -29,16 +29,18 @@ from transformers import AutoTokenizer, set_seed
 import meta_xlm  # noqa: F401  (registers the Auto classes)
 from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-from meta_xlm.data import (
+from meta_xlm.callbacks import (
     CheckpointCompletionCallback,
     LanguagePerplexityCallback,
-    MLMCollator,
     add_callback_before_reporters,
+    latest_complete_checkpoint,
+    perplexity,
+)
+from meta_xlm.data import (
+    MLMCollator,
     build_blocks,
     check_special_token_ids,
-    latest_complete_checkpoint,
     load_corpora,
-    perplexity,
     split_corpora,
     train_shared_tokenizer,
 )

@@ -53,7 +53,7 @@ _LAZY_EXPORTS = {
     "build_blocks": "data",
     "PretrainingData": "data",
     "CorpusError": "data",
-    "latest_complete_checkpoint": "data",
+    "latest_complete_checkpoint": "callbacks",
     "convert_xlmr": "convert",
     "convert_xmod": "convert",
     "push_to_hub": "hub",

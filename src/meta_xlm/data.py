@@ -25,8 +25,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import math
-import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,8 +34,7 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets, load_dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import DefaultFlowCallback, PreTrainedTokenizerFast, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -532,99 +529,17 @@ def build_blocks(
     )
 
 
-def perplexity(loss: float) -> float:
-    """Perplexity of a mean MLM cross-entropy (nats): exp(loss); inf when it overflows."""
-    return math.exp(loss) if loss < 700 else math.inf
-
-
-# ---------------------------------------------------------------------------------------------- run bookkeeping
-
-CHECKPOINT_COMPLETE_MARKER = "checkpoint_complete"
-
-
-class LanguagePerplexityCallback(TrainerCallback):
-    """Adds eval_<lang>_perplexity = exp(eval_<lang>_loss) to each evaluation log (paper Fig. 2).
-
-    It must run before the callbacks that print or write logs: see `add_callback_before_reporters`.
-    """
-
-    def __init__(self, languages: Sequence[str]):
-        self.languages = list(languages)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
-            return
-        added = {
-            f"eval_{language}_perplexity": perplexity(logs[f"eval_{language}_loss"])
-            for language in self.languages
-            if f"eval_{language}_loss" in logs
-        }
-        logs.update(added)
-        # Trainer.log appended a copy of `logs` to the history before the callbacks ran: keep trainer_state.json
-        # (what the report reads) in step with what the reporters see.
-        if added and state.log_history:
-            state.log_history[-1].update(added)
-
-
-class CheckpointCompletionCallback(TrainerCallback):
-    """Marks a checkpoint folder complete once every process has finished writing it.
-
-    transformers' Trainer writes checkpoint-N/ in place (no temporary folder + rename), so a run killed
-    mid-save leaves a folder that looks like a checkpoint. The marker file, written atomically (tmp + rename)
-    after a barrier, is what `latest_complete_checkpoint` trusts.
-    """
-
-    def on_save(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            temporary = folder / f".{CHECKPOINT_COMPLETE_MARKER}.tmp"
-            temporary.write_text(f"global_step={state.global_step}\n")
-            os.replace(temporary, folder / CHECKPOINT_COMPLETE_MARKER)
-
-
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint-N folder with the largest N that carries the completion marker (None when none does)."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    complete = [
-        child
-        for child in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if child.name.split("-")[-1].isdigit() and (child / CHECKPOINT_COMPLETE_MARKER).is_file()
-    ]
-    return max(complete, key=lambda child: int(child.name.split("-")[-1]), default=None)
-
-
-def add_callback_before_reporters(trainer, callback: TrainerCallback) -> None:
-    """Insert `callback` so its on_log runs before the progress bar, printer and TensorBoard callbacks,
-    which all read the same logs dict (the Trainer calls callbacks in list order)."""
-    reporters = [cb for cb in trainer.callback_handler.callbacks if not isinstance(cb, DefaultFlowCallback)]
-    for reporter in reporters:
-        trainer.remove_callback(reporter)
-    trainer.add_callback(callback)
-    for reporter in reporters:
-        trainer.add_callback(reporter)
-
-
 __all__ = [
-    "CHECKPOINT_COMPLETE_MARKER",
-    "CheckpointCompletionCallback",
     "CorpusError",
-    "LanguagePerplexityCallback",
     "MLMCollator",
     "PretrainingData",
-    "add_callback_before_reporters",
     "build_blocks",
     "check_special_token_ids",
     "corpus_fingerprint",
     "language_sampling_probabilities",
-    "latest_complete_checkpoint",
     "load_corpora",
     "load_hub_corpus",
     "load_language_corpus",
-    "perplexity",
     "resolve_corpus_files",
     "split_corpora",
     "split_validation",

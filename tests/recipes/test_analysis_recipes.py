@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.callbacks import LanguagePerplexityCallback
 from meta_xlm.data import (
-    LanguagePerplexityCallback,
     MLMCollator,
     tokenize_into_blocks,
     train_shared_tokenizer,
