@@ -204,7 +204,9 @@ def training_rows(
         # Algorithm 1: α defaults to the shared learning rate β, as in the paper.
         alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
         rows.append(("meta learning rate (α)", str(alpha)))
-        rows.append(("hypergradient", str(training_config.get("hypergradient", "finite_difference"))))
+        rows.append(("hypergradient", str(training_config.get("hypergradient", "forward_over_reverse"))))
+        rows.append(("meta objective data", f"meta-validation split, {training_config.get('meta_validation_sentences')} "
+                                            "sentences per language, disjoint from training and validation text"))
     if "seed" in training_config:
         rows.append(("seed", str(training_config["seed"])))
     precision = "bf16" if training_config.get("bf16") else "fp16" if training_config.get("fp16") else "fp32"
