@@ -491,6 +491,11 @@ def hold_out_meta_validation(
     """
     rest, meta_validation = {}, {}
     for language, sentences in corpora.items():
+        if not 1 <= meta_validation_sentences < len(sentences):
+            raise CorpusError(
+                f"language {language!r} has {len(sentences)} sentences: cannot hold out meta_validation_sentences="
+                f"{meta_validation_sentences} (need 1 <= meta_validation_sentences < corpus size)"
+            )
         remaining, held_out = split_validation(sentences, meta_validation_sentences, seed + 1, language)
         held_out_text = set(held_out["text"])
         rest[language] = remaining.filter(

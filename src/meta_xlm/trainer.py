@@ -85,15 +85,15 @@ class MetaXLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        super().__post_init__()
-        check_method(self.hypergradient)
-        if self.fd_epsilon <= 0:
-            raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
         if self.meta_learning and self.fp16:
             raise ValueError(
                 "meta_learning=True does not support fp16=True: the meta step's gradients bypass the GradScaler, so "
                 "fp16 underflow would go unnoticed; use bf16=True (or float32)"
             )
+        super().__post_init__()
+        check_method(self.hypergradient)
+        if self.fd_epsilon <= 0:
+            raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
         if self.meta_validation_batch_size is not None and self.meta_validation_batch_size < 1:
             raise ValueError(f"meta_validation_batch_size must be >= 1, got {self.meta_validation_batch_size}")
 
