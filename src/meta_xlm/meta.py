@@ -303,6 +303,17 @@ def trainable_parameter_groups(model: nn.Module) -> ParameterGroups:
     )
 
 
+def _check_languages(groups: ParameterGroups, language: str, val_batches: Mapping[str, Batch]) -> None:
+    if language not in groups.languages or not groups.languages[language]:
+        raise ValueError(
+            f"language {language!r} has no trainable language-specific parameters in this model "
+            f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
+        )
+    missing = [code for code, params in groups.languages.items() if params and code not in val_batches]
+    if missing:
+        raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
+
+
 @dataclass
 class MetaStep:
     """The pieces of one meta step: ∇_{φ_i} M = direct − β · higher_order (Eq. 4), and the losses seen.
@@ -341,14 +352,7 @@ def meta_step_gradients(
     """
     check_method(method)
     groups = trainable_parameter_groups(model) if groups is None else groups
-    if language not in groups.languages or not groups.languages[language]:
-        raise ValueError(
-            f"language {language!r} has no trainable language-specific parameters in this model "
-            f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
-        )
-    missing = [code for code, params in groups.languages.items() if params and code not in val_batches]
-    if missing:
-        raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
+    _check_languages(groups, language, val_batches)
     shared, language_params = groups.shared, groups.languages[language]
     if train_num_items is None:
         train_num_items = count_labels(train_batches)
