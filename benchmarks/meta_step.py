@@ -143,9 +143,9 @@ def measure(mode: str, args) -> dict:
     return {"seconds": totals, "phases": phases, "peak_mib": peak_rss_mib() - rss_before}
 
 
-def accuracy_rows(size: str, threads: int) -> list[tuple[str, str, float, float, float]]:
-    """(method, precision, cosine, norm ratio, higher-order ratio) of every method at one size, against the exact
-    float32 higher-order term."""
+def accuracy_rows(size: str, threads: int):
+    """Yields (method, precision, cosine, norm ratio, higher-order ratio) of every method at one size, against the
+    exact float32 higher-order term."""
     import torch
 
     from meta_xlm.configuration_meta_xlm import MetaXLMConfig
@@ -180,7 +180,6 @@ def accuracy_rows(size: str, threads: int) -> list[tuple[str, str, float, float,
         return torch.cat([tensors[name].double().reshape(-1) for name in phi])
 
     reference = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], "exact"))
-    rows = []
     for method, epsilon in ACCURACY_METHODS:
         for precision in ("fp32", "bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -192,9 +191,8 @@ def accuracy_rows(size: str, threads: int) -> list[tuple[str, str, float, float,
                 ))
             cosine = float(torch.nn.functional.cosine_similarity(term, reference, dim=0))
             label = method if epsilon is None else f"{method}, fd_epsilon {epsilon}"
-            rows.append((label, precision, cosine, float(term.norm() / reference.norm()),
-                         float(beta * term.norm() / flat(direct).norm())))
-    return rows
+            yield (label, precision, cosine, float(term.norm() / reference.norm()),
+                   float(beta * term.norm() / flat(direct).norm()))
 
 
 def print_accuracy(args) -> None:

@@ -7,8 +7,9 @@ Data contract (what `meta_xlm.data` provides, what recipes pass in)
 - `data_collator`: list of examples -> {input_ids (B, T), attention_mask (B, T), labels (B, T; -100 where not
   predicted), lang_ids (B,)}. It is used for training and for the meta validation batches.
 - `language_sampling_probs`: {language code: probability}; uniform over the languages present when None.
-- `meta_validation_datasets`: {language code: dataset of the same kind}, the held-out split; required with
-  `meta_learning=True`, for every language that has language-specific parameters.
+- `meta_validation_datasets`: {language code: dataset of the same kind}, the meta-validation split (its own held-out
+  text, not `eval_dataset`: φ is trained on it; `meta_xlm.data.hold_out_meta_validation`); required with
+  `meta_learning=True`, for every language that has trainable language-specific parameters.
 
 Sampling
 --------
