@@ -27,8 +27,6 @@ import yaml
 from transformers import AutoTokenizer, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
-from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
-from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.callbacks import (
     CheckpointCompletionCallback,
     LanguagePerplexityCallback,
@@ -36,10 +34,13 @@ from meta_xlm.callbacks import (
     latest_complete_checkpoint,
     perplexity,
 )
+from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
+from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.data import (
     MLMCollator,
     build_blocks,
     check_special_token_ids,
+    hold_out_meta_validation,
     load_corpora,
     split_corpora,
     train_shared_tokenizer,
@@ -71,6 +72,11 @@ class DataArguments:
         default=None, metadata={"help": "Hub config name, e.g. 20231101.{lang}"}
     )
     validation_sentences: int = field(default=1000, metadata={"help": "held-out sentences per language"})
+    meta_validation_sentences: int = field(
+        default=0,
+        metadata={"help": "+meta adpt: sentences per language held out for the meta objective, disjoint from the "
+                          "training and validation (evaluation) text; required (>= 1) with meta_learning"},
+    )
     subsample: list[str] = field(
         default_factory=list, metadata={"help": "LANG=N entries: keep exactly N training sentences (frl/rul)"}
     )
@@ -218,6 +224,12 @@ def main(argv: list[str]) -> None:
     if extension_args.extend_model:
         new_languages(extension_args, data_args.languages)
         tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
+    if training_args.meta_learning and data_args.meta_validation_sentences < 1:
+        raise SystemExit(
+            "error: meta_learning needs meta_validation_sentences >= 1 (got "
+            f"{data_args.meta_validation_sentences}): the meta objective reads its own held-out split, never the "
+            "validation text that perplexity is reported on"
+        )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)
@@ -234,6 +246,11 @@ def main(argv: list[str]) -> None:
             hub_config_template=data_args.hub_config_template,
             cache_dir=data_args.data_cache_dir,
         )
+        meta_validation_sentences = None
+        if training_args.meta_learning:
+            corpora, meta_validation_sentences = hold_out_meta_validation(
+                corpora, data_args.meta_validation_sentences, seed
+            )
         train_sentences, validation_sentences = split_corpora(
             corpora, data_args.validation_sentences, subsample, seed
         )
@@ -246,8 +263,15 @@ def main(argv: list[str]) -> None:
             data_args.block_size,
             data_args.temperature,
             num_proc=data_args.preprocessing_num_workers,
+            meta_validation=meta_validation_sentences,
         )
     logger.info("language sampling probabilities: %s", data.sampling_probabilities)
+    if training_args.meta_learning:
+        logger.info(
+            "meta objective: the meta-validation split (%d sentences per language, disjoint from the training and "
+            "validation text), not the validation split that perplexity is reported on",
+            data_args.meta_validation_sentences,
+        )
 
     set_seed(
         training_args.seed
@@ -278,7 +302,7 @@ def main(argv: list[str]) -> None:
         ),
         processing_class=tokenizer,
         language_sampling_probs=sampling_probabilities,
-        meta_validation_datasets=data.validation,
+        meta_validation_datasets=data.meta_validation,
         callbacks=[CheckpointCompletionCallback()],
     )
     add_callback_before_reporters(trainer, LanguagePerplexityCallback(data_args.languages))

@@ -1,4 +1,5 @@
-"""The bilevel meta step's math (meta.py): finite difference vs exact vs first order, on tiny float64 models."""
+"""The bilevel meta step's math (meta.py): finite difference vs exact (double backward, forward-over-reverse) vs first
+order, on tiny float64 models."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-from meta_xlm.meta import hypergradient, meta_step_gradients
+from meta_xlm.meta import count_labels, hypergradient, meta_step_gradients, trainable_parameter_groups
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
 
 LANGUAGES = ["en", "te", "pt"]
@@ -180,5 +181,58 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"missing: \['pt'\]"):
         hypergradient(model, train, {k: v for k, v in vals.items() if k != "pt"}, "te", lookahead_lr=0.1,
                       method="first_order")
-    with pytest.raises(ValueError, match="'fr' has no language-specific parameters"):
+    with pytest.raises(ValueError, match="'fr' has no trainable language-specific parameters"):
         hypergradient(model, train, vals, "fr", lookahead_lr=0.1, method="first_order")
+
+
+@pytest.mark.parametrize("method", ["forward_over_reverse", "exact"])
+def test_exact_methods_match_unrolled_autodiff_with_micro_batches(method):
+    """Forward-over-reverse and double backward are both exact: equal to the unrolled graph (float64), also when
+    the step's batch comes as two micro-batches."""
+    model = tiny_model()
+    train, vals = mlm_batch("te", batch_size=12), val_batches()
+    halves = [{k: v[:6] for k, v in train.items()}, {k: v[6:] for k, v in train.items()}]
+    step = meta_step_gradients(model, halves, vals, "te", lookahead_lr=0.5, method=method)
+    reference = unrolled_reference(model, train, vals, "te", lookahead_lr=0.5)
+    torch.testing.assert_close(flat(step.hypergradient), flat(reference), rtol=1e-9, atol=1e-12)
+    ratio = 0.5 * flat(step.higher_order).norm() / flat(step.direct).norm()
+    assert step.higher_order_ratio == pytest.approx(float(ratio)) and step.higher_order_ratio > 0.01
+
+
+def test_frozen_parameters_take_no_part_in_the_meta_step():
+    """Frozen embeddings (X-MOD's recipe): θ' = θ for them, so the hypergradient equals the unrolled one of a model
+    whose embeddings are constants; frozen φ_i parameters get no hypergradient entry."""
+    model = tiny_model()
+    embeddings = model.get_input_embeddings().weight
+    embeddings.requires_grad_(False)
+    frozen_phi = next(iter(parameter_groups(model).languages["te"].values()))
+    frozen_phi.requires_grad_(False)
+    train, vals = mlm_batch("te"), val_batches()
+    groups = trainable_parameter_groups(model)
+    assert all(p.requires_grad for p in groups.shared.values()) and len(groups.shared) < len(parameter_groups(model).shared)
+    step = meta_step_gradients(model, [train], vals, "te", lookahead_lr=0.5, method="forward_over_reverse")
+    assert set(step.hypergradient) == set(groups.languages["te"])
+    with sdpa_kernel(SDPBackend.MATH):  # unrolled, differentiating only through the trainable θ
+        phi = groups.languages["te"]
+        grads = torch.autograd.grad(model(**train).loss, list(groups.shared.values()), create_graph=True)
+        theta_prime = {n: p - 0.5 * g for (n, p), g in zip(groups.shared.items(), grads)}
+        meta = sum(functional_call(model, theta_prime, args=(), kwargs=b, strict=False).loss for b in vals.values())
+        reference = torch.autograd.grad(meta / len(vals), list(phi.values()))
+    torch.testing.assert_close(flat(step.hypergradient), torch.cat([g.reshape(-1) for g in reference]),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_meta_loss_is_summed_across_processes():
+    """meta_objective_gradients returns the global M: with an all-reduce that doubles (two identical processes,
+    each normalised by the doubled global count), M and the gradients equal one process's."""
+    model = tiny_model()
+    train, vals = mlm_batch("te"), val_batches()
+    one = meta_step_gradients(model, [train], vals, "te", lookahead_lr=0.5, method="forward_over_reverse")
+    twice = meta_step_gradients(
+        model, [train], vals, "te", lookahead_lr=0.5, method="forward_over_reverse",
+        train_num_items=2 * count_labels([train]),
+        val_num_items={code: 2 * count_labels([b]) for code, b in vals.items()},
+        all_reduce_sum=lambda t: 2 * t,
+    )
+    torch.testing.assert_close(twice.meta_loss, one.meta_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(flat(twice.hypergradient), flat(one.hypergradient), rtol=1e-9, atol=1e-12)

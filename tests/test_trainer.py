@@ -166,7 +166,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         trainer.train()
     with pytest.raises(ValueError, match="has no 'lang_ids'"):
         trainer._batch_language([{"input_ids": torch.zeros(2, 3, dtype=torch.long)}])
-    with pytest.raises(ValueError, match="needs language-specific parameters"):
+    with pytest.raises(ValueError, match="needs trainable language-specific parameters"):
         model = tiny_model()
         model.config.language_modules = "none"
         from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM

@@ -4,7 +4,9 @@ The pipeline (Section 3.2 of the paper, following XLM, Lample & Conneau 2019):
 
 1. `load_language_corpus` reads one language's text (local files/folders, plain or .gz, one sentence per line;
    or a Hub dataset) into a memory-mapped Arrow `datasets.Dataset` with a "text" column, so memory does not
-   grow with corpus size. `split_validation` holds out a seeded validation split; `subsample_sentences` keeps
+   grow with corpus size. `hold_out_meta_validation` first holds out +meta adpt's meta-validation split (the
+   meta objective's text, kept out of training and evaluation text by content); `split_validation` holds out a
+   seeded validation (evaluation) split; `subsample_sentences` keeps
    exactly N training sentences (the paper's "frl"/"rul": fr/ru subsampled to 100k sentences).
 2. `train_shared_tokenizer` learns one byte-level BPE vocabulary over all languages from a temperature-balanced
    sample of their training text and returns a `PreTrainedTokenizerFast` with XLM-R's special tokens and ids
@@ -426,12 +428,14 @@ class MLMCollator:
 @dataclass
 class PretrainingData:
     """What MetaXLMTrainer takes: all languages' training blocks in one dataset (with `lang_ids`), the
-    per-language validation blocks (perplexity and the meta step), sampling probabilities from the true sizes."""
+    per-language validation blocks (evaluation: perplexity), the per-language meta-validation blocks (the meta
+    objective of +meta adpt; None without a meta-validation split), sampling probabilities from the true sizes."""
 
     train: Dataset
     validation: dict[str, Dataset]
     sampling_probabilities: dict[str, float]
     train_sentences: dict[str, int]
+    meta_validation: dict[str, Dataset] | None = None
 
 
 def load_corpora(
@@ -475,6 +479,30 @@ def load_corpora(
     return corpora
 
 
+def hold_out_meta_validation(
+    corpora: Mapping[str, Dataset], meta_validation_sentences: int, seed: int
+) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+    """The meta-validation split of +meta adpt: per language, hold out `meta_validation_sentences` sentences for
+    the meta objective M (Eq. 2), before the evaluation split and the training text are taken from the rest, and
+    drop every remaining sentence whose text equals a held-out one (corpora repeat lines). φ is trained on M, so
+    the text it reads must be disjoint from the text its perplexity is reported on. Returns (rest, meta_validation).
+    """
+    rest, meta_validation = {}, {}
+    for language, sentences in corpora.items():
+        if not 1 <= meta_validation_sentences < len(sentences):
+            raise CorpusError(
+                f"language {language!r} has {len(sentences)} sentences: cannot hold out meta_validation_sentences="
+                f"{meta_validation_sentences} (need 1 <= meta_validation_sentences < corpus size)"
+            )
+        remaining, held_out = split_validation(sentences, meta_validation_sentences, seed + 1, language)
+        held_out_text = set(held_out["text"])
+        rest[language] = remaining.filter(
+            lambda batch: [text not in held_out_text for text in batch["text"]], batched=True
+        )
+        meta_validation[language] = held_out
+    return rest, meta_validation
+
+
 def split_corpora(
     corpora: Mapping[str, Dataset],
     validation_sentences: int,
@@ -504,28 +532,29 @@ def build_blocks(
     block_size: int,
     temperature: float,
     num_proc: int | None = None,
+    meta_validation: Mapping[str, Dataset] | None = None,
 ) -> PretrainingData:
     """Tokenize and pack every language; p_i from the number of training blocks (tokens, not lines)."""
-    train_blocks, validation_blocks = {}, {}
+    splits = {"training": train, "validation": validation}
+    if meta_validation is not None:
+        splits["meta-validation"] = meta_validation
+    blocks = {split: {} for split in splits}
     for lang_id, language in enumerate(languages):
-        train_blocks[language] = tokenize_into_blocks(
-            train[language], tokenizer, block_size, lang_id, num_proc
-        )
-        validation_blocks[language] = tokenize_into_blocks(
-            validation[language], tokenizer, block_size, lang_id, num_proc
-        )
-        for split, blocks in (("training", train_blocks), ("validation", validation_blocks)):
-            if len(blocks[language]) == 0:
+        for split, sentences in splits.items():
+            blocks[split][language] = tokenize_into_blocks(sentences[language], tokenizer, block_size, lang_id, num_proc)
+            if len(blocks[split][language]) == 0:
                 raise CorpusError(
                     f"language {language!r}: its {split} sentences make no block of {block_size} tokens; "
-                    "lower block_size or give it more text (validation_sentences for validation)"
+                    "lower block_size or give it more text (validation_sentences / meta_validation_sentences)"
                 )
+    train_blocks, validation_blocks = blocks["training"], blocks["validation"]
     sizes = {language: len(blocks) for language, blocks in train_blocks.items()}
     return PretrainingData(
         train=concatenate_datasets([train_blocks[language] for language in languages]),
         validation=validation_blocks,
         sampling_probabilities=language_sampling_probabilities(sizes, temperature),
         train_sentences={language: len(train[language]) for language in languages},
+        meta_validation=blocks.get("meta-validation"),
     )
 
 
@@ -542,6 +571,7 @@ __all__ = [
     "load_language_corpus",
     "resolve_corpus_files",
     "split_corpora",
+    "hold_out_meta_validation",
     "split_validation",
     "subsample_sentences",
     "temperature_balanced_sample",

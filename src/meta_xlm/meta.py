@@ -8,10 +8,12 @@ Shared parameters θ, language-specific parameters φ = {φ_1..φ_L} (`parameter
     Eq. 8   [∇²_{φ_i,θ} L_train^i] g ≈ (∇_{φ_i} L_train^i(θ + εg) − ∇_{φ_i} L_train^i(θ − εg)) / (2ε),
             ε = fd_epsilon / ‖g‖                                     (`mixed_hessian_vector_product`)
 
-`method` picks the higher-order term: "finite_difference" (Eq. 8, the paper's choice), "forward_difference"
-(Eq. 8 one-sided: (∇_{φ_i} L(θ + εg) − ∇_{φ_i} L(θ)) / ε, the second gradient taken for free in the lookahead's
-backward pass — one probe instead of two, error O(ε) instead of O(ε²)), "exact" (gradient of a gradient;
-reference for small models, needs SDPA's math kernel on CPU) or "first_order" (dropped).
+`method` picks the higher-order term: "forward_over_reverse" (exact, forward-mode AD of the φ_i gradient along g:
+accurate under bf16 autocast at the paper's size, the default), "finite_difference" (Eq. 8, the paper's choice:
+accurate on small models only, see `finite_difference_hvp`), "forward_difference" (Eq. 8 one-sided:
+(∇_{φ_i} L(θ + εg) − ∇_{φ_i} L(θ)) / ε, the second gradient taken for free in the lookahead's backward pass — one
+probe instead of two, error O(ε) instead of O(ε²)), "exact" (gradient of a gradient, reverse-over-reverse: the
+reference; about twice the memory) or "first_order" (dropped).
 
 Every function here is pure: parameters are never modified in place (the θ ± εg probes and θ' go through
 `torch.func.functional_call`), gradients are taken with `torch.autograd.grad` (`.grad` is never touched), and the
@@ -19,7 +21,8 @@ only side channel is `all_reduce_sum`, a callable the caller gives to sum tensor
 
 Losses: each training micro-batch contributes sum(CE) / `train_num_items` (the label count of the whole
 optimizer step, all micro-batches and processes), so micro-batches and processes add up to the mean over one
-large batch; each language's validation loss is likewise normalised by its own global label count.
+large batch; each language's validation loss is likewise normalised by its own global label count. Every
+process's share is then summed (`all_reduce_sum`), so the gradients and the returned M are the global ones.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .modeling_meta_xlm import parameter_groups
+from .modeling_meta_xlm import ParameterGroups, parameter_groups
 
-HYPERGRADIENT_METHODS = ("finite_difference", "forward_difference", "exact", "first_order")
-FINITE_DIFFERENCES = ("finite_difference", "forward_difference")
+HYPERGRADIENT_METHODS = ("forward_over_reverse", "finite_difference", "forward_difference", "exact", "first_order")
 
 Batch = Mapping[str, torch.Tensor]
 TensorDict = dict[str, torch.Tensor]
@@ -180,9 +183,13 @@ def meta_objective_gradients(
         meta_loss = meta_loss + loss.detach()
     if direct is None:
         direct = {name: torch.zeros_like(p) for name, p in language_params.items()}
-    reduced = _all_reduce({**outer, **{f"direct::{n}": g for n, g in direct.items()}}, all_reduce_sum)
+    # one collective for g, ∂M/∂φ_i and M: each process holds its share (its labels / the global count)
+    dtype = next(iter(outer.values())).dtype
+    local = {**outer, **{f"direct::{n}": g for n, g in direct.items()}, "meta_loss::": meta_loss.to(dtype)}
+    reduced = _all_reduce(local, all_reduce_sum)
     outer = {name: reduced[name] for name in theta}
     direct = {name: reduced[f"direct::{name}"] for name in language_params}
+    meta_loss = reduced["meta_loss::"]
     for t in theta.values():
         t.requires_grad_(False)
     return outer, direct, meta_loss
@@ -201,64 +208,153 @@ def mixed_hessian_vector_product(
     all_reduce_sum: AllReduceSum | None = None,
     gradient_at_theta: Mapping[str, torch.Tensor] | None = None,
 ) -> TensorDict:
-    """[∇²_{φ_i,θ} L_train^i(θ, φ_i)] · v (the second term of Eq. 4 without −β), summed over micro-batches.
-
-    "finite_difference" (Eq. 8): (∇_{φ_i} L(θ + εv) − ∇_{φ_i} L(θ − εv)) / (2ε), ε = fd_epsilon / ‖v‖. The probes
-    differentiate w.r.t. φ_i only: θ ± εv are constants, so no weight gradient of θ is computed.
-    "forward_difference": (∇_{φ_i} L(θ + εv) − `gradient_at_theta`) / ε, where `gradient_at_theta` = ∇_{φ_i} L(θ)
-    over the same micro-batches and dropout masks (summed across processes).
-    "exact": ∇_{φ_i} ⟨∇_θ L(θ, φ_i), v⟩ by double backward (SDPA's math kernel: the CPU flash kernel has no
-    double backward). "first_order": zeros.
+    """[∇²_{φ_i,θ} L_train^i(θ, φ_i)] · v (the second term of Eq. 4 without −β), summed over micro-batches and
+    processes, by `method` (see `forward_over_reverse_hvp`, `finite_difference_hvp`, `double_backward_hvp`;
+    "first_order": zeros). "forward_difference" needs `gradient_at_theta` = ∇_{φ_i} L(θ), summed across processes.
     """
     check_method(method)
-    if method == "first_order":
+    if method == "first_order" or float(_norm(vector)) == 0.0:
         return {name: torch.zeros_like(p) for name, p in language_params.items()}
+    args = (model, train_batches, shared, language_params, vector, train_num_items, seeds)
+    if method == "forward_over_reverse":
+        return _all_reduce(forward_over_reverse_hvp(*args), all_reduce_sum)
+    if method == "exact":
+        return _all_reduce(double_backward_hvp(*args), all_reduce_sum)
+    if method == "finite_difference":
+        return _all_reduce(finite_difference_hvp(*args, fd_epsilon, central=True), all_reduce_sum)
+    if gradient_at_theta is None:
+        raise ValueError("forward_difference needs gradient_at_theta, the φ_i gradient of the training loss at θ")
+    # Eq. 8 one-sided: (∇_{φ_i} L(θ + εv) − ∇_{φ_i} L(θ)) / ε; the base point is already summed across processes.
+    plus_over_epsilon = _all_reduce(finite_difference_hvp(*args, fd_epsilon, central=False), all_reduce_sum)
+    epsilon = fd_epsilon / float(_norm(vector))
+    return {name: plus_over_epsilon[name] - gradient_at_theta[name] / epsilon for name in language_params}
+
+
+def forward_over_reverse_hvp(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    shared: Mapping[str, torch.Tensor],
+    language_params: Mapping[str, torch.Tensor],
+    vector: Mapping[str, torch.Tensor],
+    train_num_items: torch.Tensor | int,
+    seeds: Sequence[int],
+) -> TensorDict:
+    """Exact [∇²_{φ_i,θ} L] · v by forward-over-reverse: θ carries the tangent v (forward-mode AD), the backward
+    pass to φ_i then carries d/dt ∇_{φ_i} L(θ + t v) at t = 0 alongside ∇_{φ_i} L.
+
+    Accurate under bf16 autocast at any model size: the tangent is propagated as its own tensor, never added to
+    the weights, so nothing cancels (Eq. 8's θ ± εv probes lose εv ≈ 1e-6 against weights ≈ 1e-2 to rounding).
+    v is scaled to unit norm (the product is linear in v) so the tangents sit mid-range in any float format.
+    Only φ_i's gradient is taken: no weight gradient of θ is computed. SDPA's math kernel: the CPU flash kernel
+    has no forward-mode derivative.
+    """
+    norm = float(_norm(vector))
     total = None
-    if method in FINITE_DIFFERENCES:
-        if method == "forward_difference" and gradient_at_theta is None:
-            raise ValueError("forward_difference needs gradient_at_theta, the φ_i gradient of the training loss at θ")
-        vector_norm = _norm(vector)
-        if float(vector_norm) == 0.0:
-            return {name: torch.zeros_like(p) for name, p in language_params.items()}
-        epsilon = fd_epsilon / float(vector_norm)
-        signs = (1.0, -1.0) if method == "finite_difference" else (1.0,)
-        # The probes run at the caller's precision. Under bf16 autocast a weight moves by ε·v, below bf16's
-        # resolution for most weights, yet the difference survives in aggregate: on a tiny model bf16 probes
-        # matched the exact term as well as float32 probes did (cosine 0.999, both limited by bf16's g).
-        for batch, seed in zip(train_batches, seeds):
-            probe_grads = []
-            for sign in signs:
-                probe = {name: p.detach() + (sign * epsilon) * vector[name] for name, p in shared.items()}
-                with dropout_seed(seed, batch["input_ids"].device):
-                    loss = model_loss(model, batch, train_num_items, overrides=probe)
-                probe_grads.append(_grad(loss, language_params))
-            if method == "forward_difference":
-                total = _add_(total, probe_grads[0])
-                continue
-            plus, minus = probe_grads
-            total = _add_(total, {name: (plus[name] - minus[name]) / (2 * epsilon) for name in language_params})
-        if method == "forward_difference":
-            plus = _all_reduce(total, all_reduce_sum)
-            return {name: (plus[name] - gradient_at_theta[name]) / epsilon for name in language_params}
-    else:
-        for batch, seed in zip(train_batches, seeds):
-            with dropout_seed(seed, batch["input_ids"].device), sdpa_kernel(SDPBackend.MATH):
-                loss = model_loss(model, batch, train_num_items, overrides=None)
-                theta_grads = _grad(loss, shared, create_graph=True)
-                inner = sum((theta_grads[name] * vector[name]).sum() for name in shared)
-            total = _add_(total, _grad(inner, language_params))
-    return _all_reduce(total, all_reduce_sum)
+    for batch, seed in zip(train_batches, seeds):
+        with dropout_seed(seed, batch["input_ids"].device), sdpa_kernel(SDPBackend.MATH), forward_ad.dual_level():
+            dual = {name: forward_ad.make_dual(p.detach(), vector[name] / norm) for name, p in shared.items()}
+            loss = model_loss(model, batch, train_num_items, overrides=dual)
+            grads = _grad(loss, language_params)
+            tangents = {name: _tangent(grad) for name, grad in grads.items()}
+        total = _add_(total, {name: t * norm for name, t in tangents.items()})
+    return total
+
+
+def _tangent(dual: torch.Tensor) -> torch.Tensor:
+    tangent = forward_ad.unpack_dual(dual).tangent
+    return torch.zeros_like(dual) if tangent is None else tangent.to(dual.dtype)
+
+
+def double_backward_hvp(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    shared: Mapping[str, torch.Tensor],
+    language_params: Mapping[str, torch.Tensor],
+    vector: Mapping[str, torch.Tensor],
+    train_num_items: torch.Tensor | int,
+    seeds: Sequence[int],
+) -> TensorDict:
+    """Exact [∇²_{φ_i,θ} L] · v = ∇_{φ_i} ⟨∇_θ L(θ, φ_i), v⟩ by double backward (reverse-over-reverse; keeps the
+    first backward's graph: the memory of about two training steps). SDPA's math kernel: the CPU flash kernel
+    has no double backward."""
+    total = None
+    for batch, seed in zip(train_batches, seeds):
+        with dropout_seed(seed, batch["input_ids"].device), sdpa_kernel(SDPBackend.MATH):
+            loss = model_loss(model, batch, train_num_items, overrides=None)
+            theta_grads = _grad(loss, shared, create_graph=True)
+            inner = sum((theta_grads[name] * vector[name]).sum() for name in shared)
+        total = _add_(total, _grad(inner, language_params))
+    return total
+
+
+def finite_difference_hvp(
+    model: nn.Module,
+    train_batches: Sequence[Batch],
+    shared: Mapping[str, torch.Tensor],
+    language_params: Mapping[str, torch.Tensor],
+    vector: Mapping[str, torch.Tensor],
+    train_num_items: torch.Tensor | int,
+    seeds: Sequence[int],
+    fd_epsilon: float,
+    central: bool,
+) -> TensorDict:
+    """Eq. 8, ε = fd_epsilon / ‖v‖. central: (∇_{φ_i} L(θ + εv) − ∇_{φ_i} L(θ − εv)) / (2ε) (the paper's, DARTS');
+    otherwise ∇_{φ_i} L(θ + εv) / ε, the caller subtracting ∇_{φ_i} L(θ) / ε (one probe fewer, error O(ε)).
+
+    The probes differentiate w.r.t. φ_i only: θ ± εv are constants, so no weight gradient of θ is computed.
+    Accurate on small models only: at the paper's size εv ≈ 1e-6 per weight drowns in rounding against weights
+    ≈ 1e-2, in float32 as under bf16 autocast (cosine 0.50 with the exact term at fd_epsilon 0.01, 0.86 at 0.1;
+    0.99 on a tiny model: benchmarks/meta_step.py --accuracy).
+    """
+    epsilon = fd_epsilon / float(_norm(vector))
+    signs = (1.0, -1.0) if central else (1.0,)
+    total = None
+    for batch, seed in zip(train_batches, seeds):
+        probe_grads = []
+        for sign in signs:
+            probe = {name: p.detach() + (sign * epsilon) * vector[name] for name, p in shared.items()}
+            with dropout_seed(seed, batch["input_ids"].device):
+                loss = model_loss(model, batch, train_num_items, overrides=probe)
+            probe_grads.append(_grad(loss, language_params))
+        scale = 2 * epsilon if central else epsilon
+        difference = {name: probe_grads[0][name] - (probe_grads[1][name] if central else 0) for name in language_params}
+        total = _add_(total, {name: d / scale for name, d in difference.items()})
+    return total
+
+
+def trainable_parameter_groups(model: nn.Module) -> ParameterGroups:
+    """`parameter_groups(model)` without frozen parameters: a frozen θ (e.g. the embeddings, as X-MOD freezes them)
+    takes no lookahead step and carries no tangent, a frozen φ_i gets no hypergradient."""
+    groups = parameter_groups(model)
+    return ParameterGroups(
+        shared={name: p for name, p in groups.shared.items() if p.requires_grad},
+        languages={code: {n: p for n, p in params.items() if p.requires_grad} for code, params in groups.languages.items()},
+    )
+
+
+def _check_languages(groups: ParameterGroups, language: str, val_batches: Mapping[str, Batch]) -> None:
+    if language not in groups.languages or not groups.languages[language]:
+        raise ValueError(
+            f"language {language!r} has no trainable language-specific parameters in this model "
+            f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
+        )
+    missing = [code for code, params in groups.languages.items() if params and code not in val_batches]
+    if missing:
+        raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
 
 
 @dataclass
 class MetaStep:
-    """The pieces of one meta step: ∇_{φ_i} M = direct − β · higher_order (Eq. 4), and the losses seen."""
+    """The pieces of one meta step: ∇_{φ_i} M = direct − β · higher_order (Eq. 4), and the losses seen.
+
+    `higher_order_ratio` = ‖β · higher_order‖ / ‖direct‖: how much the second-order term moves φ_i."""
 
     hypergradient: TensorDict
     direct: TensorDict
     higher_order: TensorDict
     train_loss: torch.Tensor
     meta_loss: torch.Tensor
+    higher_order_ratio: float
 
 
 @without_activation_checkpointing
@@ -275,23 +371,18 @@ def meta_step_gradients(
     val_num_items: Mapping[str, torch.Tensor | int] | None = None,
     seeds: Sequence[int] | None = None,
     all_reduce_sum: AllReduceSum | None = None,
+    groups: ParameterGroups | None = None,
 ) -> MetaStep:
     """Algorithm 1 lines 3-5 for language i over the micro-batches of one optimizer step (Eqs. 3, 4, 8).
 
     `train_num_items` / `val_num_items`: label counts over all micro-batches and processes (default: counted
     here, which is right in one process). `seeds`: one dropout seed per micro-batch (default: drawn from torch's
-    generator). `all_reduce_sum`: sums a tensor across processes (None in one process).
+    generator). `all_reduce_sum`: sums a tensor across processes (None in one process). `groups`: the trainable
+    θ and φ (default: `trainable_parameter_groups(model)`).
     """
     check_method(method)
-    groups = parameter_groups(model)
-    if language not in groups.languages or not groups.languages[language]:
-        raise ValueError(
-            f"language {language!r} has no language-specific parameters in this model "
-            f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
-        )
-    missing = [code for code in groups.languages if code not in val_batches]
-    if missing:
-        raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
+    groups = trainable_parameter_groups(model) if groups is None else groups
+    _check_languages(groups, language, val_batches)
     shared, language_params = groups.shared, groups.languages[language]
     if train_num_items is None:
         train_num_items = count_labels(train_batches)
@@ -319,7 +410,8 @@ def meta_step_gradients(
     )
     # Eq. 4: ∇_{φ_i} M = ∂M/∂φ_i − β [∇²_{φ_i,θ} L_train^i] g
     hypergradient = {name: direct[name] - lookahead_lr * higher_order[name] for name in language_params}
-    return MetaStep(hypergradient, direct, higher_order, train_loss, meta_loss)
+    ratio = float(lookahead_lr * _norm(higher_order) / _norm(direct).clamp_min(torch.finfo(torch.float32).tiny))
+    return MetaStep(hypergradient, direct, higher_order, train_loss, meta_loss, ratio)
 
 
 def hypergradient(

@@ -205,7 +205,9 @@ def training_rows(
         # Algorithm 1: α defaults to the shared learning rate β, as in the paper.
         alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
         rows.append(("meta learning rate (α)", str(alpha)))
-        rows.append(("hypergradient", str(training_config.get("hypergradient", "finite_difference"))))
+        rows.append(("hypergradient", str(training_config.get("hypergradient", "forward_over_reverse"))))
+        rows.append(("meta objective data", f"meta-validation split, {training_config.get('meta_validation_sentences')} "
+                                            "sentences per language, disjoint from training and validation text"))
     if training_config.get("gradient_surgery"):
         granularity = training_config.get("surgery_granularity", "model")
         rows.append(("gradient surgery", f"{training_config['gradient_surgery']} per {granularity}"))

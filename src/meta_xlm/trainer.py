@@ -7,8 +7,9 @@ Data contract (what `meta_xlm.data` provides, what recipes pass in)
 - `data_collator`: list of examples -> {input_ids (B, T), attention_mask (B, T), labels (B, T; -100 where not
   predicted), lang_ids (B,)}. It is used for training and for the meta validation batches.
 - `language_sampling_probs`: {language code: probability}; uniform over the languages present when None.
-- `meta_validation_datasets`: {language code: dataset of the same kind}, the held-out split; required with
-  `meta_learning=True`, for every language that has language-specific parameters.
+- `meta_validation_datasets`: {language code: dataset of the same kind}, the meta-validation split (its own held-out
+  text, not `eval_dataset`: φ is trained on it; `meta_xlm.data.hold_out_meta_validation`); required with
+  `meta_learning=True`, for every language that has trainable language-specific parameters.
 
 Sampling
 --------
@@ -27,16 +28,20 @@ training examples per device of one optimizer step); each rank takes its slice o
 (so 2 processes × B equal 1 process × 2B), and collation runs under a
 forked RNG seeded from the same triple, so masking does not depend on (or disturb) the training RNG stream.
 
-One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.meta`)
------------------------------------------------------------------------------------
+One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.meta`), in `training_step`
+------------------------------------------------------------------------------------------------------------
 At the first micro-batch of the step, on the unwrapped model, over ALL micro-batches of the step (the Trainer
-prefetches them): lookahead θ' = θ − β ∇_θ L_train^i (β = current θ learning rate), meta objective over every
-language's validation batch, hypergradient of φ_i; gradients are taken with `torch.autograd.grad` and summed
-across processes explicitly. φ_i is clipped (`max_grad_norm`) and updated by its own AdamW (rate α =
-`meta_learning_rate`, its own schedule of the same type). Then every micro-batch runs the Trainer's ordinary
-forward/backward through DDP with the NEW φ_i (Eq. 5), and θ's optimizer (which holds no language-specific
-parameter) steps. Gradient accumulation therefore gives the same update as one batch of the accumulated size:
-the meta step sees the whole optimizer-step batch, normalised by its total label count.
+prefetches them; a step that starts without them raises): lookahead θ' = θ − β ∇_θ L_train^i (β = current θ
+learning rate), meta objective over every language's meta-validation batch, hypergradient of φ_i (by default
+exact, forward-over-reverse); gradients are taken with `torch.autograd.grad`, every loss is sum(CE) / its global
+label count and processes sum their shares, so the meta step equals one process over the global batch whatever
+`average_tokens_across_devices` says. φ_i is clipped (`max_grad_norm`) and updated by its own optimizer (the
+class `optim` / `optim_args` give, AdamW by default; rate α = `meta_learning_rate`, its own schedule of the same
+type, stepped only when φ steps). A non-finite hypergradient skips φ's update (`meta_skipped_updates` in the
+logs). Then every micro-batch runs the Trainer's ordinary forward/backward through DDP with the NEW φ_i (Eq. 5),
+and θ's optimizer (which holds no language-specific parameter) steps. Frozen parameters take no part (the
+trainable groups are computed once, at construction). Logged with the loss: `meta_loss` (the global M),
+`meta_higher_order_ratio` (‖β · higher-order‖ / ‖direct‖), `meta_skipped_updates`, `meta_learning_rate`.
 
 Language-balanced steps (`gradient_surgery` or `language_loss_weights`; math in `meta_xlm.surgery`)
 --------------------------------------------------------------------------------------------------
@@ -60,9 +65,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainingArguments
 from transformers.optimization import get_scheduler
+from transformers.trainer_optimizer import is_optimizer_factory
 
-from .meta import HYPERGRADIENT_METHODS, check_method, count_labels, meta_step_gradients
-from .modeling_meta_xlm import parameter_groups
+from .meta import (
+    HYPERGRADIENT_METHODS, MetaStep, check_method, count_labels, meta_step_gradients, trainable_parameter_groups,
+)
+from .modeling_meta_xlm import ParameterGroups
 from .surgery import (
     GRADIENT_SURGERY_METHODS,
     SURGERY_GRANULARITIES,
@@ -82,9 +90,10 @@ class MetaXLMTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "train language-specific parameters as meta-parameters (+meta adpt)"}
     )
     hypergradient: str = field(
-        default="finite_difference",
-        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: Eq. 8 central (the paper's) / Eq. 8 one-sided (one "
-                          "probe fewer, O(ε) error) / exact / higher-order term dropped"},
+        default="forward_over_reverse",
+        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: exact by forward-mode AD (accurate in bf16 at any size) "
+                          "/ Eq. 8 central (the paper's; accurate on small models only) / Eq. 8 one-sided (one probe "
+                          "fewer, O(ε) error) / exact by double backward (about 2x memory) / higher-order term dropped"},
     )
     meta_learning_rate: float | None = field(
         default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
@@ -113,6 +122,11 @@ class MetaXLMTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.meta_learning and self.fp16:
+            raise ValueError(
+                "meta_learning=True does not support fp16=True: the meta step's gradients bypass the GradScaler, so "
+                "fp16 underflow would go unnoticed; use bf16=True (or float32)"
+            )
         super().__post_init__()
         check_surgery_arguments(self.gradient_surgery, self.surgery_granularity, self.gradvac_ema, self.meta_learning)
         weights = parse_language_loss_weights(self.language_loss_weights) or {}
@@ -131,6 +145,35 @@ class MetaXLMTrainingArguments(TrainingArguments):
     def language_balanced_steps(self) -> bool:
         """Every optimizer step holds every language, its gradients kept apart (surgery or loss weights)."""
         return self.gradient_surgery is not None or bool(self.language_loss_weights)
+
+
+def _global_norm(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors.values()]))
+
+
+class MetaLogAccumulator:
+    """Averages of the meta step's diagnostics between two logging steps, and the running count of skipped φ
+    updates: `meta_loss` (the global M), `meta_higher_order_ratio` (‖β · higher-order‖ / ‖direct‖ of Eq. 4: how
+    much the second-order term moves φ_i) and `meta_skipped_updates` (non-finite hypergradients, φ left as is)."""
+
+    def __init__(self):
+        self.meta_loss, self.ratio, self.count, self.skipped = 0.0, 0.0, 0, 0
+
+    def add(self, step: MetaStep, skipped: bool) -> None:
+        if skipped:
+            self.skipped += 1
+            return
+        self.meta_loss += float(step.meta_loss)
+        self.ratio += step.higher_order_ratio
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        logs = {"meta_skipped_updates": self.skipped}
+        if self.count:
+            logs["meta_loss"] = round(self.meta_loss / self.count, 4)
+            logs["meta_higher_order_ratio"] = self.ratio / self.count
+        self.meta_loss, self.ratio, self.count = 0.0, 0.0, 0
+        return logs
 
 
 def _lang_ids_of(dataset) -> list[int]:
@@ -302,7 +345,8 @@ class MetaXLMTrainer(Trainer):
 
     Args (beyond `Trainer`'s):
         language_sampling_probs: {language code: probability of a training step in that language}.
-        meta_validation_datasets: {language code: held-out dataset} for the meta objective M.
+        meta_validation_datasets: {language code: held-out dataset} for the meta objective M — a split of its own,
+            disjoint from the training and evaluation text (the meta objective trains φ on it).
     """
 
     def __init__(
@@ -316,10 +360,15 @@ class MetaXLMTrainer(Trainer):
         self.language_sampling_probs = language_sampling_probs
         self.meta_optimizer: torch.optim.Optimizer | None = None
         self.meta_lr_scheduler = None
-        self._pending_step: tuple[list, torch.Tensor | int | None] | None = None
-        self._meta_loss_total, self._meta_loss_count = 0.0, 0
+        self._pending_step: list | None = None
+        self._meta_updated_at_step: int | None = None
+        self._meta_logs = MetaLogAccumulator()
         self.meta_validation = None
+        self.meta_groups: ParameterGroups | None = None
         if self.meta_learning:
+            self._check_meta_setup()
+            # trainable θ and φ, computed once (frozen parameters, e.g. embeddings, take no part in the meta step)
+            self.meta_groups = trainable_parameter_groups(self.accelerator.unwrap_model(self.model))
             self.meta_validation = self._build_meta_validation(meta_validation_datasets)
         self.language_gradients: LanguageGradients | None = None  # built with the training sampler
         self._surgery_cosines: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -329,15 +378,24 @@ class MetaXLMTrainer(Trainer):
         return isinstance(self.args, MetaXLMTrainingArguments) and self.args.meta_learning
 
     # ------------------------------------------------------------------------------------------------ setup
-    def _language_parameters(self) -> dict[str, dict[str, torch.nn.Parameter]]:
-        return parameter_groups(self.accelerator.unwrap_model(self.model)).languages
+    def _check_meta_setup(self) -> None:
+        if self.accelerator.mixed_precision == "fp16":
+            raise ValueError(
+                "meta_learning=True does not support fp16 mixed precision (accelerate mixed_precision='fp16'): the "
+                "meta step's gradients bypass the GradScaler; use bf16"
+            )
+        if self.optimizer is not None or self.lr_scheduler is not None:
+            raise ValueError(
+                "meta_learning=True builds θ's optimizer (without φ) and φ's optimizer itself: pass `optim` / "
+                "`optim_args` in the training arguments or `optimizer_cls_and_kwargs=`, not `optimizers=(...)`"
+            )
 
     def _build_meta_validation(self, datasets: Mapping[str, object] | None) -> MetaValidationBatches:
-        languages_with_params = [code for code, params in self._language_parameters().items() if params]
+        languages_with_params = [code for code, params in self.meta_groups.languages.items() if params]
         if not languages_with_params:
             raise ValueError(
-                "meta_learning=True needs language-specific parameters (config.language_modules='adapters' "
-                "with shared_adapters=False, or 'ffn'/'attention'); this model has none"
+                "meta_learning=True needs trainable language-specific parameters (config.language_modules="
+                "'adapters' with shared_adapters=False, or 'ffn'/'attention'); this model has none"
             )
         if datasets is None:
             raise ValueError("meta_learning=True needs meta_validation_datasets={language: held-out dataset}")
@@ -395,26 +453,36 @@ class MetaXLMTrainer(Trainer):
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """θ's optimizer as the Trainer builds it, minus every language-specific parameter (meta_learning), plus
-        φ's own AdamW."""
+        φ's optimizer (`create_meta_optimizer`)."""
         optimizer = super().create_optimizer(model)
         if not self.meta_learning or self.meta_optimizer is not None:
             return optimizer
-        language_params = [p for params in self._language_parameters().values() for p in params.values()]
-        language_ids = {id(p) for p in language_params}
+        language_ids = {id(p) for params in self.meta_groups.languages.values() for p in params.values()}
         for group in optimizer.param_groups:  # no step has run: the state is empty, so regrouping is safe
             group["params"] = [p for p in group["params"] if id(p) not in language_ids]
-        decay_names = set(self.get_decay_parameter_names(self.accelerator.unwrap_model(self.model)))
-        named = [(n, p) for params in self._language_parameters().values() for n, p in params.items()]
-        self.meta_optimizer = torch.optim.AdamW(
-            [
-                {"params": [p for n, p in named if n in decay_names], "weight_decay": self.args.weight_decay},
-                {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
-            ],
-            lr=self.args.meta_lr,
-            betas=(self.args.adam_beta1, self.args.adam_beta2),
-            eps=self.args.adam_epsilon,
-        )
+        self.meta_optimizer = self.create_meta_optimizer()
         return optimizer
+
+    def create_meta_optimizer(self) -> torch.optim.Optimizer:
+        """φ's optimizer: the class and settings `optim` / `optim_args` (or `optimizer_cls_and_kwargs`) give θ's,
+        AdamW by default, with rate α = `meta_learning_rate` and weight decay as θ's parameter groups have it."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, unwrapped)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(
+                f"optim={self.args.optim!r} builds its own parameter set; meta_learning=True needs an optimizer "
+                "class that takes parameter groups (e.g. adamw_torch, sgd, adafactor)"
+            )
+        decay_names = set(self.get_decay_parameter_names(unwrapped))
+        named = [(n, p) for params in self.meta_groups.languages.values() for n, p in params.items()]
+        groups = [
+            {"params": [p for n, p in named if n in decay_names], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
+        ]
+        return optimizer_cls(groups, **{**optimizer_kwargs, "lr": self.args.meta_lr})
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         creating = self.lr_scheduler is None
@@ -433,23 +501,38 @@ class MetaXLMTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.meta_learning and batch_samples:
-            self._pending_step = (batch_samples, num_items_in_batch)
+            self._pending_step = batch_samples  # every micro-batch of the step, for the meta update
         return batch_samples, num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """+meta adpt (Algorithm 1): at the first micro-batch of an optimizer step, φ_i's meta update over the
+        whole step's batch (lines 3-6); then every micro-batch runs θ's ordinary step with the new φ_i (line 7,
+        Eq. 5), through DDP; the Trainer then steps θ's optimizer, which holds no φ."""
         if self.language_balanced_steps:
             return self._language_balanced_training_step(model, inputs, num_items_in_batch)
         if not self.meta_learning:
             return super().training_step(model, inputs, num_items_in_batch)
-        if self._pending_step is not None:  # first micro-batch of an optimizer step
-            batches, step_num_items = self._pending_step
-            self._pending_step = None
-            self.meta_update(model, batches, step_num_items)
-        loss = super().training_step(model, inputs, num_items_in_batch)  # Eq. 5 with the new φ_i, through DDP
-        for params in self._language_parameters().values():
+        step_batches = self._take_step_batches()  # None after the step's first micro-batch
+        if step_batches is not None:
+            self.meta_update(model, step_batches)  # lines 3-6: lookahead, meta objective, hypergradient, φ_i step
+        loss = super().training_step(model, inputs, num_items_in_batch)  # line 7: ∇_θ L_train^i(θ, φ^{t+1})
+        for params in self.meta_groups.languages.values():
             for param in params.values():
                 param.grad = None  # φ is φ's optimizer's business: keep it out of θ's clipping norm
         return loss
+
+    def _take_step_batches(self) -> list | None:
+        """The micro-batches of the optimizer step about to run, once per step; raises when a step would run
+        without its meta update (it would silently train +adpt with frozen adapters)."""
+        batches, self._pending_step = self._pending_step, None
+        if batches is None and self._meta_updated_at_step != self.state.global_step:
+            raise RuntimeError(
+                f"meta_learning=True: optimizer step {self.state.global_step} started without a meta update (the "
+                "Trainer did not hand this step's batches to get_batch_samples); φ would not be trained"
+            )
+        if batches is not None:
+            self._meta_updated_at_step = self.state.global_step
+        return batches
 
     def _batch_language(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
         languages = self.accelerator.unwrap_model(model=self.model).config.languages
@@ -465,51 +548,53 @@ class MetaXLMTrainer(Trainer):
         return languages[ids.pop()]
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.args.world_size <= 1:
-            return tensor
-        # Matches the θ path: with average_tokens_across_devices the loss is normalised by the global label
-        # count, so per-process gradients add up; otherwise each process normalises locally and DDP averages.
-        reduction = "sum" if self.args.average_tokens_across_devices else "mean"
-        return self.accelerator.reduce(tensor, reduction=reduction)
+        return self.accelerator.reduce(tensor, reduction="sum") if self.args.world_size > 1 else tensor
 
-    def meta_update(self, model, batches: list, num_items_in_batch) -> None:
-        """Algorithm 1 lines 3-6 for the optimizer step whose micro-batches are `batches`: update φ_i only."""
-        unwrapped = self.accelerator.unwrap_model(model)
+    def _count_all(self, count: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce_sum(torch.as_tensor(count, device=self.args.device))
+
+    def meta_update(self, model, batches: list) -> MetaStep:
+        """Algorithm 1 lines 3-6 for the optimizer step whose micro-batches are `batches`: update φ_i only, or
+        skip (and count) the update when the hypergradient is not finite."""
         batches = [self._prepare_inputs(batch) for batch in batches]
         language = self._batch_language(batches)
         val_batches = {
             code: self._prepare_inputs(batch)
             for code, batch in self.meta_validation.batches(self.state.global_step).items()
         }
-        val_num_items = {code: self._count_all(count_labels([b])) for code, b in val_batches.items()}
-        train_num_items = num_items_in_batch
-        if train_num_items is None:
-            train_num_items = self._count_all(count_labels(batches))
+        step = self.compute_meta_step(model, batches, val_batches, language)
+        finite = bool(torch.isfinite(_global_norm(step.hypergradient)))
+        if finite:
+            self._apply_meta_gradient(self.meta_groups.languages[language], step.hypergradient)
+        self._meta_logs.add(step, skipped=not finite)
+        return step
+
+    def compute_meta_step(self, model, batches: list, val_batches: Mapping[str, Mapping[str, torch.Tensor]],
+                          language: str) -> MetaStep:
+        """The hypergradient of one optimizer step (`meta_step_gradients` on the unwrapped model). One loss
+        normalisation for every process layout and `average_tokens_across_devices` setting: every loss is
+        sum(CE) / its global label count and processes sum their shares, so the result equals one process over
+        the global batches."""
+        unwrapped = self.accelerator.unwrap_model(model)
         unwrapped.train()
         with self.compute_loss_context_manager(), self.accelerator.autocast():
-            step = meta_step_gradients(
+            return meta_step_gradients(
                 unwrapped, batches, val_batches, language,
                 lookahead_lr=self._get_learning_rate(),  # β: the rate θ's own update will use (Eq. 3 and 5)
                 method=self.args.hypergradient,
                 fd_epsilon=self.args.fd_epsilon,
-                train_num_items=train_num_items,
-                val_num_items=val_num_items,
+                train_num_items=self._count_all(count_labels(batches)),
+                val_num_items={code: self._count_all(count_labels([b])) for code, b in val_batches.items()},
                 all_reduce_sum=self._all_reduce_sum,
+                groups=self.meta_groups,
             )
-        self._apply_meta_gradient(parameter_groups(unwrapped).languages[language], step.hypergradient)
-        self._meta_loss_total += float(step.meta_loss)
-        self._meta_loss_count += 1
-
-    def _count_all(self, count: torch.Tensor) -> torch.Tensor:
-        count = torch.as_tensor(count, device=self.args.device)
-        return self.accelerator.reduce(count, reduction="sum") if self.args.world_size > 1 else count
 
     def _apply_meta_gradient(self, params: Mapping[str, torch.nn.Parameter], grads: Mapping[str, torch.Tensor]):
         """φ_i ← GradientUpdate(φ_i, ∇_{φ_i} M) with rate α (Algorithm 1 line 6): only φ_i has a gradient, so the
-        AdamW step leaves every other language's parameters and moments untouched."""
+        optimizer step leaves every other language's parameters and moments untouched. φ's scheduler steps with
+        φ's optimizer: a skipped update skips both."""
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads.values()]))
-            scale = torch.clamp(self.args.max_grad_norm / (norm + 1e-6), max=1.0)
+            scale = torch.clamp(self.args.max_grad_norm / (_global_norm(grads) + 1e-6), max=1.0)
             grads = {name: g * scale for name, g in grads.items()}
         for name, param in params.items():
             param.grad = grads[name].to(param.dtype)
@@ -521,10 +606,9 @@ class MetaXLMTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.language_balanced_steps and "loss" in logs:
             logs.update(self._surgery_cosine_logs())
-        if self.meta_learning and self._meta_loss_count and "loss" in logs:
-            logs["meta_loss"] = round(self._meta_loss_total / self._meta_loss_count, 4)
+        if self.meta_learning and "loss" in logs:
+            logs.update(self._meta_logs.pop())
             logs["meta_learning_rate"] = self.meta_lr_scheduler.get_last_lr()[0]
-            self._meta_loss_total, self._meta_loss_count = 0.0, 0
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
