@@ -8,7 +8,7 @@ from conftest import shared_data_path
 from safetensors.torch import load_file
 from test_finetune import checkpoint, finetune  # noqa: F401  (checkpoint is a module-scoped fixture)
 
-from meta_xlm.tasks.layout import load_task_split
+from meta_xlm.tasks.splits import load_task_split
 
 pytestmark = pytest.mark.slow
 
