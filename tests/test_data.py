@@ -10,7 +10,6 @@ from meta_xlm.data import (
     CorpusError,
     MLMCollator,
     build_blocks,
-    language_sampling_probabilities,
     load_corpora,
     load_language_corpus,
     split_corpora,
@@ -59,30 +58,6 @@ def write_lines(path, lines, gz=False):
     with opener(path, "wt", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
-
-
-# ------------------------------------------------------------------ sampling probabilities
-
-
-def test_sampling_probabilities_match_formula_and_sum_to_one():
-    sizes = {"en": 1000, "sw": 10, "te": 90}
-    probabilities = language_sampling_probabilities(sizes, temperature=2.0)
-    total = sum(sizes.values())
-    raw = {lang: (size / total) ** 0.5 for lang, size in sizes.items()}
-    expected = {lang: value / sum(raw.values()) for lang, value in raw.items()}
-    assert probabilities == pytest.approx(expected, rel=1e-12)
-    assert sum(probabilities.values()) == pytest.approx(1.0)
-    assert probabilities["sw"] > sizes["sw"] / total  # T > 1 upsamples the small language
-
-
-def test_temperature_one_is_proportional_and_large_temperature_tends_to_uniform():
-    sizes = {"en": 1000, "sw": 10, "te": 90}
-    proportional = language_sampling_probabilities(sizes, temperature=1.0)
-    assert proportional == pytest.approx({lang: size / 1100 for lang, size in sizes.items()})
-    near_uniform = language_sampling_probabilities(sizes, temperature=1e4)
-    assert near_uniform == pytest.approx({lang: 1 / 3 for lang in sizes}, abs=1e-3)
-    with pytest.raises(ValueError, match="temperature"):
-        language_sampling_probabilities(sizes, temperature=0)
 
 
 # ------------------------------------------------------------------ corpora, splits, subsampling

@@ -11,10 +11,10 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, tiny_model
+from meta_setup import blocks, deterministic_collator, make_trainer, tiny_model
 
 from meta_xlm.modeling_meta_xlm import parameter_groups
-from meta_xlm.trainer import LanguageBatchSampler, MetaXLMTrainingArguments
+from meta_xlm.trainer import MetaXLMTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,22 +137,6 @@ def test_no_memory_growth_over_50_meta_steps(tmp_path):
     assert len(counts) == 4
     assert max(counts[1:]) <= counts[0], counts  # nothing retained step after step (no leaked graph)
     assert all(p.grad is None or p.grad.grad_fn is None for p in trainer.model.parameters())
-
-
-def test_language_batch_sampler_gives_one_language_per_step_for_every_rank():
-    lang_ids = [0] * 30 + [1] * 30 + [2] * 30
-    sampler = LanguageBatchSampler(lang_ids, LANGUAGES, batch_size=3, batches_per_step=4, probabilities=None, seed=1)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 90 // 12 * 4
-    for step in range(0, len(batches), 4):
-        languages = {lang_ids[i] for batch in batches[step : step + 4] for i in batch}
-        assert len(languages) == 1
-        assert sum(len(batch) for batch in batches[step : step + 4]) == 12
-    assert list(sampler) == batches  # a function of (seed, epoch): resume reproduces it
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-    only_te = LanguageBatchSampler(lang_ids, LANGUAGES, 3, 4, {"te": 1.0, "en": 0.0}, seed=1)
-    assert all(lang_ids[i] == 1 for batch in only_te for i in batch)
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

@@ -16,7 +16,8 @@ from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
 from meta_xlm.surgery import cosines, gram_matrix, pcgrad_coefficients
-from meta_xlm.trainer import LanguageBalancedBatchSampler, MetaXLMTrainingArguments
+from meta_xlm.sampling import LanguageBalancedBatchSampler
+from meta_xlm.trainer import MetaXLMTrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,22 +154,6 @@ def test_bf16_surgery_steps_move_every_language(tmp_path):
     for code in LANGUAGES:  # every step holds every language: every φ_l moves
         assert all(not torch.equal(trainer.model.get_parameter(n), before[n]) for n in groups.languages[code])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-
-
-def test_balanced_sampler_holds_every_language_in_proportion_and_ignores_the_cut():
-    lang_ids = [0] * 40 + [1] * 40 + [2] * 40
-    probabilities = {"en": 0.7, "te": 0.2, "pt": 0.1}
-    steps = []
-    for batch_size, batches_per_step in ((8, 2), (4, 4), (16, 1)):
-        sampler = LanguageBalancedBatchSampler(lang_ids, LANGUAGES, batch_size, batches_per_step, probabilities, 3)
-        batches = list(sampler)
-        assert len(batches) == len(sampler) and all(len(b) == batch_size for b in batches)
-        steps.append([sum(batches[s : s + batches_per_step], []) for s in range(0, len(batches), batches_per_step)])
-    assert steps[0] == steps[1] == steps[2]  # the same global batches however they are cut
-    for step in steps[0]:
-        assert [sum(lang_ids[i] == k for i in step) for k in range(3)] == [10, 4, 2]  # 1 + p × 13, largest remainder
-    with pytest.raises(ValueError, match="cannot hold one example of each of the 3 languages"):
-        LanguageBalancedBatchSampler(lang_ids, LANGUAGES, 1, 2, None, 3)
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

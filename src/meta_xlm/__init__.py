@@ -44,9 +44,9 @@ _LAZY_EXPORTS = {
     "hypergradient": "meta",
     "MetaXLMTrainer": "trainer",
     "MetaXLMTrainingArguments": "trainer",
-    "LanguageBatchSampler": "trainer",
+    "LanguageBatchSampler": "sampling",
     "MLMCollator": "data",
-    "language_sampling_probabilities": "data",
+    "language_sampling_probabilities": "sampling",
     "train_shared_tokenizer": "data",
     "load_corpora": "data",
     "split_corpora": "data",
@@ -64,7 +64,7 @@ _LAZY_EXPORTS = {
     "measure_gradient_conflict": "analysis.gradient_conflict",
     "pcgrad": "surgery",
     "GradVac": "surgery",
-    "LanguageBalancedBatchSampler": "trainer",
+    "LanguageBalancedBatchSampler": "sampling",
 }
 
 

@@ -15,7 +15,7 @@ The pipeline (Section 3.2 of the paper, following XLM, Lample & Conneau 2019):
    to <unk>, whichever script it is in; characters frequent in training become single tokens by merges.
 3. `tokenize_into_blocks` turns a language's sentences into XLM-style streams: sentences joined by </s>,
    cut into fixed-length blocks that start with <s>; every example carries `lang_ids` (index into
-   `config.languages`). `language_sampling_probabilities` gives p_i ∝ (L_i / Σ_j L_j)^(1/T).
+   `config.languages`). `meta_xlm.sampling.language_sampling_probabilities` gives p_i ∝ (L_i / Σ_j L_j)^(1/T).
 4. `MLMCollator` masks 15% of the non-special tokens with BERT's 80/10/10 rule.
 
 `load_corpora`, `split_corpora` and `build_blocks` run 1-3 for a list of languages and return
@@ -37,6 +37,8 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from .sampling import language_sampling_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -191,24 +193,6 @@ def subsample_sentences(dataset: Dataset, num_sentences: int, seed: int, languag
         )
     chosen = np.random.default_rng(seed).choice(len(dataset), size=num_sentences, replace=False)
     return dataset.select(np.sort(chosen))
-
-
-# ---------------------------------------------------------------------------------------------- sampling
-
-
-def language_sampling_probabilities(sizes: Mapping[str, int], temperature: float) -> dict[str, float]:
-    """Paper Sec. 3.2: p_i ∝ (L_i / Σ_j L_j)^(1/T), L_i the corpus size of language i, T the temperature.
-
-    T = 1 samples in proportion to corpus size; T → ∞ tends to uniform (XLM: T = 1/0.7).
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not sizes or any(size <= 0 for size in sizes.values()):
-        raise ValueError(f"every language needs a positive corpus size, got {dict(sizes)}")
-    total = sum(sizes.values())
-    weights = {language: (size / total) ** (1.0 / temperature) for language, size in sizes.items()}
-    normaliser = sum(weights.values())
-    return {language: weight / normaliser for language, weight in weights.items()}
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -565,7 +549,6 @@ __all__ = [
     "build_blocks",
     "check_special_token_ids",
     "corpus_fingerprint",
-    "language_sampling_probabilities",
     "load_corpora",
     "load_hub_corpus",
     "load_language_corpus",
