@@ -4,6 +4,9 @@ language-specific modules, to continue pretraining (e.g. with meta adapters) fro
     python recipes/convert_xlmr.py --source FacebookAI/xlm-roberta-base --output_dir runs/xlmr-en-te-adpt \
         --languages en te --language_modules adapters
 
+Flags may also come from a YAML file (`--config FILE.yaml`, meta_xlm.cli); `--language_modules ffn adapters`
+gives every language both kinds.
+
 New adapters have their output projection zero-initialised (and new ffn/attention copies equal the shared
 weights), so the converted model computes exactly what the source computes. Weights are read from safetensors only
 unless --allow_pickle is given. Writes the model, the source's tokenizer, convert_config.yaml and README.md.
@@ -15,8 +18,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-from transformers import HfArgumentParser
-
+from meta_xlm.cli import parse_config_and_args
 from meta_xlm.convert import convert_xlmr, save_converted
 
 
@@ -25,7 +27,9 @@ class ConvertXLMRArguments:
     source: str = field(metadata={"help": "folder or Hub id of an XLMRobertaForMaskedLM checkpoint"})
     output_dir: str = field(metadata={"help": "where the MetaXLMForMaskedLM is written"})
     languages: list[str] = field(metadata={"help": "language codes of the new model, in lang_ids order"})
-    language_modules: str = field(default="adapters", metadata={"help": "none | ffn | attention | adapters"})
+    language_modules: str | list[str] = field(
+        default="adapters", metadata={"help": "none | ffn | attention | adapters | layernorm, or several"}
+    )
     shared_adapters: bool = field(default=False, metadata={"help": "one adapter shared by all languages"})
     adapter_reduction_factor: int = field(
         default=4, metadata={"help": "adapter bottleneck = hidden / factor"}
@@ -41,7 +45,7 @@ class ConvertXLMRArguments:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = HfArgumentParser(ConvertXLMRArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_config_and_args((ConvertXLMRArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model = convert_xlmr(
         args.source,

@@ -106,7 +106,9 @@ class ModelArguments:
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
     intermediate_size: int = 2048
-    language_modules: str = field(default="none", metadata={"help": "none | ffn | attention | adapters"})
+    language_modules: str | list[str] = field(
+        default="none", metadata={"help": "none | ffn | attention | adapters | layernorm, or several"}
+    )
     shared_adapters: bool = False
     adapter_reduction_factor: int = 4
     hidden_dropout_prob: float = 0.1

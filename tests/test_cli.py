@@ -1,6 +1,9 @@
 """The recipes' shared YAML + flags parsing (meta_xlm.cli)."""
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -26,6 +29,42 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path):
     config = write_yaml(tmp_path, {"name": "from-yaml", "steps": 7, "languages": ["en", "sw"]})
     (args,) = parse_config_and_args((Example,), ["--config", config, "--steps", "11"])
     assert (args.name, args.steps, args.languages) == ("from-yaml", 11, ["en", "sw"])
+
+
+@dataclass
+class OneOrMany:
+    language_modules: str | list[str] = "none"
+
+
+@pytest.mark.parametrize(
+    ("argv", "yaml_values", "expected"),
+    [
+        ([], None, "none"),  # the dataclass default, which HfArgumentParser alone would drop
+        (["--language_modules", "adapters"], None, "adapters"),
+        (["--language_modules", "ffn", "adapters"], None, ["ffn", "adapters"]),
+        ([], {"language_modules": "adapters"}, "adapters"),
+        ([], {"language_modules": ["ffn", "adapters"]}, ["ffn", "adapters"]),
+        ([], {"language_modules": ["adapters"]}, "adapters"),
+        (["--language_modules", "attention"], {"language_modules": ["ffn", "adapters"]}, "attention"),
+    ],
+)
+def test_str_or_list_field_keeps_one_value_as_a_string(tmp_path, argv, yaml_values, expected):
+    config = ["--config", write_yaml(tmp_path, yaml_values)] if yaml_values is not None else []
+    (args,) = parse_config_and_args((OneOrMany,), config + argv)
+    assert args.language_modules == expected
+
+
+@pytest.mark.slow
+def test_pretrain_recipe_takes_several_language_modules_from_the_command_line():
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    config = recipes / "configs" / "tiny_meta_adpt.yaml"
+    result = subprocess.run(
+        [sys.executable, str(recipes / "pretrain.py"), "--config", str(config),
+         "--language_modules", "ffn", "adapters", "--print_config"],
+        capture_output=True, text=True, check=False, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert yaml.safe_load(result.stdout)["language_modules"] == ["ffn", "adapters"]
 
 
 def test_unknown_yaml_key_names_the_file_and_the_key(tmp_path):

@@ -253,7 +253,7 @@ def run_recipe(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_convert_xlmr_recipe_writes_an_equivalent_checkpoint_with_card(tmp_path):
     source, tokenizer = save_source_with_tokenizer(tmp_path / "xlmr", XLMRobertaForMaskedLM, XLMRobertaConfig)
     result = run_recipe("convert_xlmr.py", "--source", str(tmp_path / "xlmr"), "--output_dir", str(tmp_path / "out"),
-                        "--languages", "en", "te", "--language_modules", "adapters")  # fmt: skip
+                        "--languages", "en", "te", "--language_modules", "ffn", "adapters")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     model = MetaXLMForMaskedLM.from_pretrained(tmp_path / "out").eval()
     batch = tokenizer(["the cat sat", "on mat 2"], padding=True, return_tensors="pt")
@@ -261,7 +261,8 @@ def test_convert_xlmr_recipe_writes_an_equivalent_checkpoint_with_card(tmp_path)
     actual = model(**batch, lang_ids=torch.tensor([1, 1])).logits
     assert_same_logits(actual, expected, batch["attention_mask"])
     card = ModelCard.load(tmp_path / "out" / "README.md")
-    assert card.data.language == ["en", "te"] and "JointPair + adpt" in card.text
+    assert model.config.language_modules == ["ffn", "adapters"]  # a list from the command line
+    assert card.data.language == ["en", "te"] and "JointPair + ffn + adpt" in card.text
     assert (tmp_path / "out" / "tokenizer.json").is_file() and (
         tmp_path / "out" / "convert_config.yaml"
     ).is_file()

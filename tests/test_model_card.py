@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 from test_hub import save_tiny_checkpoint
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-from meta_xlm.model_card import code_commit, usage_snippet, variant_name, write_model_card
+from meta_xlm.model_card import architecture_table, code_commit, usage_snippet, variant_name, write_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CARDS = REPO_ROOT / "model_cards"
@@ -137,6 +137,15 @@ def test_usage_snippet_runs_as_written(generated, tmp_path):
             "JointPair + share adpt",
         ),
         (["en", "te"], dict(language_modules="adapters"), True, "JointPair + meta adpt"),
+        (["en", "te"], dict(language_modules=["ffn", "adapters"]), False, "JointPair + ffn + adpt"),
+        (["en", "te"], dict(language_modules=["adapters", "ffn"]), True, "JointPair + ffn + meta adpt"),
+        (
+            ["en", "te"],
+            dict(language_modules=["attention", "adapters"], shared_adapters=True),
+            False,
+            "JointPair + attn + share adpt",
+        ),
+        (["en", "te"], dict(language_modules="ffn"), True, "JointPair + ffn (meta-learned)"),
     ],
 )
 def test_variant_names_follow_the_paper(languages, fields, meta_learning, expected):
@@ -144,6 +153,25 @@ def test_variant_names_follow_the_paper(languages, fields, meta_learning, expect
         vocab_size=99, hidden_size=32, num_attention_heads=4, languages=languages, **fields
     )
     assert variant_name(config, meta_learning) == expected
+
+
+@pytest.mark.parametrize("language_modules", ["adapters", ["ffn", "adapters"]])
+def test_adapter_models_get_the_adapter_row(language_modules):
+    config = MetaXLMConfig(
+        vocab_size=99, hidden_size=32, num_attention_heads=4, languages=["en", "te"],
+        language_modules=language_modules, adapter_reduction_factor=4,
+    )  # fmt: skip
+    table = architecture_table(config)
+    assert "| adapter bottleneck | 8 (per language) |" in table
+    kinds = "ffn, adapters" if isinstance(language_modules, list) else "adapters"
+    assert f"| language-specific modules | {kinds} |" in table
+
+
+def test_models_without_adapters_have_no_adapter_row():
+    config = MetaXLMConfig(
+        vocab_size=99, hidden_size=32, num_attention_heads=4, languages=["en", "te"], language_modules=["ffn"]
+    )
+    assert "adapter bottleneck" not in architecture_table(config)
 
 
 def test_meta_learning_without_language_parameters_is_an_error():

@@ -3,8 +3,10 @@ list flags of KEY=VALUE entries (corpus files per language) and mask-group specs
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import asdict
+from typing import get_args, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -17,18 +19,46 @@ def arguments_to_dict(arguments) -> dict:
     return arguments.to_dict() if isinstance(arguments, TrainingArguments) else asdict(arguments)
 
 
+def one_or_many_fields(argument_classes: tuple) -> dict[str, object]:
+    """Fields typed `str | list[str]` (e.g. `language_modules`) -> default (`dataclasses.MISSING` if none)."""
+    fields = {}
+    for argument_class in argument_classes:
+        hints = get_type_hints(argument_class)
+        for entry in dataclasses.fields(argument_class):
+            if set(get_args(hints[entry.name])) == {str, list[str]}:
+                has_factory = entry.default_factory is not dataclasses.MISSING
+                fields[entry.name] = entry.default_factory() if has_factory else entry.default
+    return fields
+
+
+def collapse_single_values(arguments: tuple, names: set[str]) -> None:
+    """`--field one` parses as ["one"]: a `str | list[str]` field keeps one value as a string (the form a YAML
+    scalar gives and configs hold), several as a list."""
+    for group in arguments:
+        for name in names & {entry.name for entry in dataclasses.fields(group)}:
+            value = getattr(group, name)
+            if isinstance(value, list) and len(value) == 1:
+                setattr(group, name, value[0])
+
+
 def parse_config_and_args(argument_classes: tuple, argv: list[str]) -> tuple:
     """Parse `argv` into the dataclasses of `argument_classes`.
 
     `--config FILE.yaml` values become the parser's defaults (a key no dataclass has is an error naming the file
-    and the key); the remaining flags override them. `--print_config` prints the resolved arguments as YAML and
-    exits, so a run's effective settings can be checked before it starts.
+    and the key); the remaining flags override them. A field typed `str | list[str]` takes one value or
+    several (`--language_modules ffn adapters`, or a YAML list) and holds one value as a string.
+    `--print_config` prints the resolved arguments as YAML and exits, so a run's effective settings can be
+    checked before it starts.
     """
     parser = HfArgumentParser(
         argument_classes,
         epilog="--config FILE.yaml: the file's keys (any flag above, without --) become defaults; "
         "--print_config: print the resolved arguments as YAML and exit.",
     )
+    one_or_many = one_or_many_fields(argument_classes)
+    # HfArgumentParser parses these as list flags (nargs="+") and drops a default not given by default_factory
+    given = {name: value for name, value in one_or_many.items() if value is not dataclasses.MISSING}
+    parser.set_defaults(**given)
     config_parser = HfArgumentParser((), add_help=False)  # --help goes to the full parser
     config_parser.add_argument("--config", default=None, help="YAML file whose keys are the flags below")
     config_parser.add_argument("--print_config", action="store_true", help="print the resolved arguments, exit")
@@ -46,6 +76,7 @@ def parse_config_and_args(argument_classes: tuple, argv: list[str]) -> tuple:
             if action.dest in values:
                 action.required = False  # the YAML file gave it
     arguments = parser.parse_args_into_dataclasses(args=rest)
+    collapse_single_values(arguments, set(one_or_many))
     if known.print_config:
         resolved = {name: value for group in arguments for name, value in arguments_to_dict(group).items()}
         print(yaml.safe_dump(resolved, sort_keys=False))

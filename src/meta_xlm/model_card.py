@@ -118,19 +118,29 @@ print({name: tuple(value.shape) for name, value in outputs.items() if isinstance
 # Facts about the run
 # ----------------------------------------------------------------------------------------------------------------
 def variant_name(config: MetaXLMConfig, meta_learning: bool = False) -> str:
-    """The paper's model name: Mono / JointPair / JointTri, + ffn / + attn / + adpt / + share adpt / + meta adpt."""
+    """The paper's model name: Mono / JointPair / JointTri + ffn / attn / adpt / share adpt / meta adpt.
+
+    A list of kinds names each, e.g. ["ffn", "adapters"] -> "JointPair + ffn + meta adpt" when meta-learned.
+    A meta-learned model without adapters (the meta step trains its ffn / attention copies): "(meta-learned)".
+    """
     count = len(config.languages)
     base = {1: "Mono", 2: "JointPair", 3: "JointTri"}.get(count, f"Joint ({count} languages)")
-    if config.language_modules == "adapters":
-        if config.shared_adapters:
-            return base + (" + share adpt (meta-learned)" if meta_learning else " + share adpt")
-        return base + (" + meta adpt" if meta_learning else " + adpt")
-    if meta_learning:
+    kinds = config.language_module_kinds
+    if meta_learning and not kinds:
         raise ValueError(
             f"meta_learning=True needs language-specific parameters to meta-learn, but language_modules="
             f"{config.language_modules!r}"
         )
-    return base + "".join(LANGUAGE_MODULE_SUFFIX[kind] for kind in config.language_module_kinds)
+    name = base + "".join(LANGUAGE_MODULE_SUFFIX[kind] for kind in kinds if kind != "adapters")
+    if config.has_language_module("adapters"):
+        return name + adapter_suffix(config.shared_adapters, meta_learning)
+    return name + (" (meta-learned)" if meta_learning else "")
+
+
+def adapter_suffix(shared_adapters: bool, meta_learning: bool) -> str:
+    if shared_adapters:
+        return " + share adpt (meta-learned)" if meta_learning else " + share adpt"
+    return " + meta adpt" if meta_learning else " + adpt"
 
 
 def code_commit(source_dir: str | os.PathLike | None = None) -> str:
@@ -254,12 +264,12 @@ def eval_results(records: Sequence[Mapping]) -> list[EvalResult]:
 def architecture_table(config: MetaXLMConfig) -> str:
     rows = [
         ("languages (`config.languages`, indexed by `lang_ids`)", ", ".join(config.languages)),
-        ("language-specific modules", config.language_modules),
+        ("language-specific modules", ", ".join(config.language_module_kinds) or "none"),
         ("layers / hidden / heads / FFN",
          f"{config.num_hidden_layers} / {config.hidden_size} / {config.num_attention_heads} / {config.intermediate_size}"),
         ("vocabulary", str(config.vocab_size)),
     ]  # fmt: skip
-    if config.language_modules == "adapters":
+    if config.has_language_module("adapters"):
         rows.append(
             (
                 "adapter bottleneck",
