@@ -1,10 +1,13 @@
-"""Plumbing shared by the training-step benchmarks (model_throughput.py, meta_step.py): the issue's model and
+"""Plumbing shared by the training-step benchmarks (model_throughput.py, meta_step.py, surgery_step.py): the issue's model and
 batch sizes as flags, forwarding them to worker subprocesses, and resident-memory readings."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 
 SIZE_FLAGS = ("batch", "length", "layers", "hidden", "heads", "ffn", "vocab", "threads", "steps", "warmup")
 
@@ -37,3 +40,13 @@ def current_rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def run_worker(script: str, mode: str, args: argparse.Namespace) -> dict:
+    """Run `script --worker MODE` with the size flags in a fresh process (its own peak memory) and return the JSON
+    dict it prints last."""
+    command = [sys.executable, script, "--worker", mode, *args.passthrough]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)  # stderr is reported below
+    if result.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

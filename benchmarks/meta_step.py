@@ -30,11 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 
-from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
+from common import add_size_arguments, current_rss_mib, peak_rss_mib, run_worker, size_passthrough
 
 MODES = ("plain", "first_order", "forward_over_reverse", "finite_difference", "forward_difference", "exact")
 ACCURACY_SIZES = {  # (layers, hidden, heads, FFN, vocab)
@@ -205,14 +204,6 @@ def print_accuracy(args) -> None:
                   flush=True)
 
 
-def run_subprocess(mode: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, *args.passthrough]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # stderr is reported below
-    if result.returncode != 0:
-        raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_arguments(parser, steps=5)
@@ -241,7 +232,7 @@ def main():
     for round_index in range(args.rounds):
         for mode in MODES:
             print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
-            result = run_subprocess(mode, args)
+            result = run_worker(__file__, mode, args)
             collected[mode]["seconds"] += result["seconds"]
             collected[mode]["peak_mib"].append(result["peak_mib"])
             for phase in PHASES:
