@@ -59,3 +59,24 @@ def test_study_file_errors_name_the_entry_and_key(tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(KeyError, match="no model 'b'"):
         load_study(path)
+
+
+def test_a_complete_cell_of_another_configuration_is_an_error(tmp_path):
+    from meta_xlm.study import is_complete, pretrain_config, pretrain_folder, write_marker
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en]\nlearning_rate: 0.001\n")
+    study_values = {"name": "s", "runs_dir": str(tmp_path / "runs"), "results_dir": "o",
+                    "models": [{"name": "a", "config": str(config), "seeds": [0]}], "tasks": []}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_values))
+    study = load_study(path)
+    model = study.models[0]
+    folder = pretrain_folder(study, "a", 0)
+    assert not is_complete(study, "pretrain", model, 0, None)
+    folder.mkdir(parents=True)
+    write_marker(folder, {"kind": "pretrain", "config": pretrain_config(model, 0, folder)})
+    assert is_complete(study, "pretrain", model, 0, None)
+    config.write_text("languages: [en]\nlearning_rate: 0.0005\n")
+    with pytest.raises(ValueError, match=r"another configuration \(fields \['learning_rate'\] differ"):
+        is_complete(study, "pretrain", model, 0, None)

@@ -158,6 +158,9 @@ def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     """Pretrain (model, seed); an interrupted run resumes from its newest complete checkpoint."""
     folder = pretrain_folder(study, model.name, seed)
     config = pretrain_config(model, seed, folder)
+    previous = folder / "study_cell.yaml"
+    if previous.is_file() and yaml.safe_load(previous.read_text(encoding="utf-8")) != config:
+        shutil.rmtree(folder)  # checkpoints of another configuration: start over rather than resume them
     wall = run_recipe("pretrain.py", config, folder, "--resume_from_checkpoint", "latest")
     return {**pretrain_summary(folder, config, wall), "config": config}
 
