@@ -80,3 +80,17 @@ def test_a_complete_cell_of_another_configuration_is_an_error(tmp_path):
     config.write_text("languages: [en]\nlearning_rate: 0.0005\n")
     with pytest.raises(ValueError, match=r"another configuration \(fields \['learning_rate'\] differ"):
         is_complete(study, "pretrain", model, 0, None)
+
+
+def test_downstream_verdicts_wait_for_pretraining_to_beat_random_init():
+    from meta_xlm.study_report import gate_on_pretraining
+
+    def entry(claim, task, outcome):
+        return {"claim": claim, "measure": f"{task} within f1", "verdict": outcome}
+
+    verdicts = [entry("pretraining helps at all", "pos", "inconclusive"), entry("Mono > JointPair", "pos", "reproduced"),
+                entry("pretraining helps at all", "ner", "reproduced"), entry("Mono > JointPair", "ner", "reproduced"),
+                entry("Mono lower", "pretrain", "reproduced")]  # fmt: skip
+    gated = [v["verdict"] for v in gate_on_pretraining(verdicts)]
+    assert gated == ["inconclusive", "inconclusive: pretraining does not beat random init on pos (would be: reproduced)",
+                     "reproduced", "reproduced", "reproduced"]  # fmt: skip

@@ -189,6 +189,22 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
     return claims
 
 
+def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
+    """A downstream claim says nothing while pretrained models do not beat random init on that task: its verdict
+    becomes inconclusive (with the reason) unless "pretraining helps at all" is reproduced for the task."""
+    helped = {v["measure"].split()[0] for v in verdicts if v["claim"] == "pretraining helps at all" and
+              v["verdict"] == "reproduced"}  # fmt: skip
+    gated = []
+    for entry in verdicts:
+        task = entry["measure"].split()[0]
+        downstream = task in ("pos", "ner") and entry["claim"] != "pretraining helps at all"
+        if downstream and task not in helped and entry["verdict"] != "not yet run":
+            entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on {task} "
+                                         f"(would be: {entry['verdict']})"}  # fmt: skip
+        gated.append(entry)
+    return gated
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tables, figures, report
 # ---------------------------------------------------------------------------------------------------------
@@ -318,7 +334,7 @@ def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") 
     results_dir.mkdir(parents=True, exist_ok=True)
     rows = result_rows(study) + early_loss_rows(study)
     write_results_csv(rows, results_dir / "results.csv")
-    verdicts = [verdict(claim, rows) for claim in paper_claims(language)]
+    verdicts = gate_on_pretraining([verdict(claim, rows) for claim in paper_claims(language)])
     write_rows(results_dir / "verdicts.csv", verdicts)
     sections = [
         f"# Study {study.name}: {cell_counts(study)}",
