@@ -27,11 +27,32 @@ def test_ner_boundary_error_counts_as_wrong():
     assert scores["f1"] == 0.0
 
 
-def test_pos_f1_is_word_accuracy():
-    scores = pos_scores([["NOUN", "VERB", "PUNCT"], ["DET"]], [["NOUN", "NOUN", "PUNCT"], ["DET"]])
-    assert scores["accuracy"] == pytest.approx(75.0) and scores["f1"] == pytest.approx(75.0)
+def test_pos_f1_is_xtreme_seqeval_f1_and_accuracy_is_kept():
+    # XTREME's POS F1: a run of equal tags is one span. Gold NOUN(0-1) VERB(2); predicted NOUN(0) VERB(1-2):
+    # no span matches, though 2 of 3 words are right.
+    scores = pos_scores([["NOUN", "NOUN", "VERB"]], [["NOUN", "VERB", "VERB"]])
+    assert scores["f1"] == 0.0 and scores["accuracy"] == pytest.approx(200 / 3)
+    # gold DET(0) NOUN(1-2) PUNCT(3); predicted DET NOUN(1) ADJ(2) PUNCT: one wrong word breaks its whole run.
+    # 2 spans right: precision 2/4, recall 2/3, F1 = 4/7.
+    scores = pos_scores([["DET", "NOUN", "NOUN", "PUNCT"]], [["DET", "NOUN", "ADJ", "PUNCT"]])
+    assert scores["f1"] == pytest.approx(400 / 7) and scores["accuracy"] == 75.0
     with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted"):
         pos_scores([["A", "B"]], [["A"]])
+
+
+@pytest.mark.filterwarnings("ignore:.* seems not to be NE tag:UserWarning")  # seqeval on UPOS tags, as XTREME
+def test_pos_f1_equals_seqeval_on_real_tag_sequences(shared_data):
+    """MasakhaPOS sw dev tags against a deterministic corruption of them (every 7th word -> NOUN)."""
+    from seqeval.metrics import f1_score
+
+    from meta_xlm.tasks.loaders import load_token_tag_file
+
+    path = shared_data("pos", "masakhapos_swa", "dev.txt.gz")
+    gold = load_token_tag_file(path, "sw", "upos")["tags"]
+    predicted = [[("NOUN" if (i + len(tags)) % 7 == 0 else t) for i, t in enumerate(tags)] for tags in gold]
+    scores = pos_scores(gold, predicted)
+    assert scores["f1"] == pytest.approx(100 * f1_score(gold, predicted))
+    assert abs(scores["f1"] - scores["accuracy"]) > 1.0  # the two metrics do differ on real data
 
 
 def test_accuracy():

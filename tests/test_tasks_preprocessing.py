@@ -19,6 +19,7 @@ from meta_xlm.tasks.loaders import (
 from meta_xlm.tasks.preprocessing import (
     IGNORE_INDEX,
     language_index,
+    max_context_windows,
     postprocess_qa_predictions,
     prepare_qa_eval_features,
     prepare_qa_train_features,
@@ -67,16 +68,29 @@ def test_first_subword_labels_reproduce_word_labels(tokenizer, shared_data, scri
     )
 
 
-def test_truncated_words_are_counted_and_excluded(tokenizer, shared_data):
+def test_long_sentences_are_windowed_and_every_word_is_labelled_once(tokenizer, shared_data):
+    """max_length 12 cuts most UD sentences: their windows must still label each gold word exactly once, and
+    word_predictions must join the windows back into the sentence's own tag sequence."""
     dataset = load_conllu(shared_data("ud", "UD_English-EWT", "en_ewt-ud-dev.conllu.gz"), "en").select(
         range(20)
     )
-    label2id = {tag: i for i, tag in enumerate(sorted({t for tags in dataset["tags"] for t in tags}))}
+    label_list = sorted({t for tags in dataset["tags"] for t in tags})
+    label2id = {tag: i for i, tag in enumerate(label_list)}
     report = DataReport()
-    encoded = tokenize_tagging(dataset, tokenizer, label2id, max_length=12, report=report)
-    labelled = sum(int((np.array(row) != IGNORE_INDEX).sum()) for row in encoded["labels"])
-    total = sum(len(tags) for tags in dataset["tags"])
-    assert report.counts["words_without_label"] == total - labelled > 0
+    encoded = tokenize_tagging(dataset, tokenizer, label2id, max_length=12, report=report, stride=3)
+    assert len(encoded) > len(dataset)  # some sentences did need several windows
+    assert report.counts["words_without_label"] == 0
+    width = max(len(row) for row in encoded["labels"])
+    labels = np.array([row + [IGNORE_INDEX] * (width - len(row)) for row in encoded["labels"]])
+    gold, predicted = word_predictions(labels, labels, dict(enumerate(label_list)), encoded["example_id"])
+    assert gold == dataset["tags"] and predicted == dataset["tags"]
+
+
+def test_max_context_windows_label_each_word_where_it_is_most_central():
+    # two windows of one sentence: words 0-4, then words 3-7 (words 3 and 4 in the overlap)
+    windows = [[None, 0, 1, 2, 3, 4, None], [None, 3, 4, 5, 6, 7, None]]
+    # word 3: context 1 in the first window (k=4, last=5), 0 in the second: first window. word 4: 0 vs 1: second
+    assert max_context_windows(windows) == [{0, 1, 2, 3}, {4, 5, 6, 7}]
 
 
 def test_word_predictions_map_back_to_words():

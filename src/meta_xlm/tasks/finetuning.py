@@ -361,7 +361,7 @@ def score_predictions(
     """Task metrics (percent) of model outputs on one TaskData."""
     if args.task in ("ner", "pos"):
         gold, predicted = word_predictions(
-            np.asarray(predictions), np.asarray(label_ids), dict(enumerate(labels))
+            np.asarray(predictions), np.asarray(label_ids), dict(enumerate(labels)), data.features["example_id"]
         )
         return ner_scores(gold, predicted) if args.task == "ner" else pos_scores(gold, predicted)
     if args.task == "nli":
@@ -385,7 +385,7 @@ def compute_metrics_for(args: FinetuneArguments, dev: TaskData, labels: list[str
 
 
 def model_inputs(features: datasets.Dataset) -> datasets.Dataset:
-    """Drop the QA bookkeeping columns (example_id, offset_mapping) before a dataset reaches the model."""
+    """Drop the bookkeeping columns (example_id: QA and tagging; offset_mapping: QA) before the model."""
     return features.remove_columns(
         [c for c in ("example_id", "offset_mapping") if c in features.column_names]
     )
@@ -452,7 +452,7 @@ def train_grid_point(
         model=model,
         args=run_args,
         data_collator=data_collator(args.task, tokenizer),
-        train_dataset=train.features,
+        train_dataset=model_inputs(train.features),
         eval_dataset=model_inputs(dev.features),
         processing_class=tokenizer,
         compute_metrics=compute_metrics_for(args, dev, labels),

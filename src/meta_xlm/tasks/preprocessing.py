@@ -79,6 +79,31 @@ def first_subword_labels(word_ids: list[int | None], word_labels: list[int]) -> 
     return labels
 
 
+def max_context_windows(word_ids_per_window: list[list[int | None]]) -> list[set[int]]:
+    """The words each window of one sentence labels: every word exactly once, in the window where its first
+    subword has the most context on its shorter side (BERT's "max context" rule for overlapping QA windows).
+
+    word_ids_per_window: the tokenizer's word_ids() of each window, in order. A word whose first subword is in
+    no window (the tokenizer made no token of it) is in no set.
+    """
+    best: dict[int, tuple[int, int]] = {}  # word -> (context, window index)
+    for window, word_ids in enumerate(word_ids_per_window):
+        positions = [k for k, word in enumerate(word_ids) if word is not None]
+        first, last = positions[0], positions[-1]
+        previous = None
+        for k in positions:
+            word = word_ids[k]
+            if word != previous:  # k is the word's first subword in this window
+                context = min(k - first, last - k)
+                if word not in best or context > best[word][0]:
+                    best[word] = (context, window)
+            previous = word
+    labelled = [set() for _ in word_ids_per_window]
+    for word, (_, window) in best.items():
+        labelled[window].add(word)
+    return labelled
+
+
 def tokenize_tagging(
     dataset: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -86,55 +111,84 @@ def tokenize_tagging(
     max_length: int,
     lang_id: int | None = None,
     report: DataReport | None = None,
+    stride: int | None = None,
 ) -> datasets.Dataset:
-    """Tokenise a TAGGING_FEATURES dataset into input_ids / attention_mask / labels (+ lang_ids).
+    """Tokenise a TAGGING_FEATURES dataset into input_ids / attention_mask / labels / example_id (+ lang_ids).
 
-    Words cut off by `max_length`, and words the tokenizer turns into no token at all, get no label: they are
+    A sentence longer than `max_length` tokens becomes several windows overlapping by `stride` tokens (default
+    max_length // 4), as QA contexts do, so that every gold word is scored: each word is labelled in exactly
+    one window (`max_context_windows`), and `example_id` (the sentence's row) lets `word_predictions` join the
+    windows back into one sentence. Words the tokenizer turns into no token at all get no label: they are
     counted in `report` ("words_without_label") and left out of the scores.
     """
     report = report if report is not None else DataReport()
+    stride = stride if stride is not None else max_length // 4
+    if not 0 <= stride < max_length - tokenizer.num_special_tokens_to_add():
+        raise ValueError(f"stride={stride} must be >= 0 and leave room for new tokens in max_length={max_length}")
     unknown = sorted({tag for tags in dataset["tags"] for tag in tags} - set(label2id))
     if unknown:
         raise ValueError(
             f"tags {unknown} of this {dataset[0]['language']} data are not in the label set {list(label2id)}"
         )
 
-    def align(batch):
+    def align(batch, row_indices):
         encoding = tokenizer(
-            batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length
+            batch["tokens"],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
         )
-        encoding["labels"] = []
-        for index, tags in enumerate(batch["tags"]):
-            word_ids = encoding.word_ids(index)
-            encoding["labels"].append(first_subword_labels(word_ids, [label2id[tag] for tag in tags]))
-            labelled_words = {word for word in word_ids if word is not None}
-            report.add("words_without_label", len(tags) - len(labelled_words))
-        return _add_lang_ids(dict(encoding), lang_id, len(batch["tokens"]))
+        source = encoding.pop("overflow_to_sample_mapping")
+        windows_of = defaultdict(list)
+        for feature, sentence in enumerate(source):
+            windows_of[sentence].append(feature)
+        encoding["labels"] = [None] * len(source)
+        for sentence, features in windows_of.items():
+            word_labels = [label2id[tag] for tag in batch["tags"][sentence]]
+            labelled = max_context_windows([encoding.word_ids(f) for f in features])
+            for feature, words in zip(features, labelled):
+                word_ids = [w if w in words else None for w in encoding.word_ids(feature)]
+                encoding["labels"][feature] = first_subword_labels(word_ids, word_labels)
+            report.add("words_without_label", len(word_labels) - sum(len(words) for words in labelled))
+        encoding["example_id"] = [row_indices[sentence] for sentence in source]
+        return _add_lang_ids(dict(encoding), lang_id, len(source))
 
-    tokenized = dataset.map(align, batched=True, remove_columns=dataset.column_names, desc="tokenizing words")
+    tokenized = dataset.map(
+        align, batched=True, with_indices=True, remove_columns=dataset.column_names, desc="tokenizing words"
+    )
     if report.counts["words_without_label"]:
         logger.warning(
-            "%d words got no label (cut off by max_length=%d, or no subword at all): they are left out of the "
-            "scores",
+            "%d words got no label (the tokenizer made no token of them): they are left out of the scores",
             report.counts["words_without_label"],
-            max_length,
         )
     return tokenized
 
 
 def word_predictions(
-    predictions: np.ndarray, labels: np.ndarray, id2label: dict[int, str]
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    id2label: dict[int, str],
+    example_ids: list[int] | None = None,
 ) -> tuple[list[list[str]], list[list[str]]]:
     """Word-level (gold, predicted) tag sequences from token logits/ids and first-subword labels.
 
     predictions: (N, T, C) logits or (N, T) ids; labels: (N, T) with IGNORE_INDEX on non-first subwords.
+    example_ids: the sentence of each of the N rows (`tokenize_tagging`'s windows, in order); consecutive rows
+    of one sentence are joined into one sequence. None: one row per sentence.
     """
     predicted_ids = predictions.argmax(-1) if predictions.ndim == 3 else predictions
-    gold, predicted = [], []
-    for row_predictions, row_labels in zip(predicted_ids, labels):
+    example_ids = example_ids if example_ids is not None else list(range(len(labels)))
+    gold, predicted, previous = [], [], None
+    for example, row_predictions, row_labels in zip(example_ids, predicted_ids, labels):
+        if example != previous:
+            gold.append([])
+            predicted.append([])
         keep = row_labels != IGNORE_INDEX
-        gold.append([id2label[int(i)] for i in row_labels[keep]])
-        predicted.append([id2label[int(i)] for i in row_predictions[keep]])
+        gold[-1].extend(id2label[int(i)] for i in row_labels[keep])
+        predicted[-1].extend(id2label[int(i)] for i in row_predictions[keep])
+        previous = example
     return gold, predicted
 
 

@@ -1,0 +1,49 @@
+"""Run a reproduction study: pretraining runs × fine-tuning tasks × seeds, then results.csv and report.md.
+
+    python recipes/study.py --study recipes/configs/study/small_en_sw.yaml
+    python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --report_only true
+
+Each cell (a pretraining run, a fine-tuning run, a gradient analysis) runs one of the package's recipes and is
+marked complete atomically; rerunning the command skips complete cells and redoes interrupted ones, so the study
+can run in parts (--max_cells N, --models a b) and be killed at any point. The report is rebuilt from the
+complete cells after every cell (meta_xlm.study, meta_xlm.study_report).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meta_xlm.cli import parse_config_and_args
+from meta_xlm.study import load_study, run_study
+from meta_xlm.study_report import build_study_report
+
+logger = logging.getLogger("study")
+
+
+@dataclass
+class StudyArguments:
+    study: str = field(metadata={"help": "study file (recipes/configs/study/*.yaml)"})
+    models: list[str] = field(default_factory=list, metadata={"help": "only these grid rows (default: all)"})
+    max_cells: int | None = field(default=None, metadata={"help": "stop after running this many cells"})
+    report_only: bool = field(default=False, metadata={"help": "only rebuild results.csv and report.md"})
+    notes: str | None = field(default=None, metadata={"help": "Markdown file whose text heads report.md"})
+
+
+def main(argv: list[str]) -> None:
+    (args,) = parse_config_and_args((StudyArguments,), argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    study = load_study(args.study)
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    remaining = 0 if args.report_only else args.max_cells
+    while (remaining is None or remaining > 0) and run_study(study, args.models or None, max_cells=1):
+        build_study_report(study, notes=notes)  # after every cell: a partial study has an up-to-date report
+        remaining = None if remaining is None else remaining - 1
+    report = build_study_report(study, notes=notes)
+    logger.info("report: %s", report)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

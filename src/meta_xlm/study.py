@@ -1,0 +1,328 @@
+"""A reproduction study as a grid of cells: pretraining runs × fine-tuning tasks × seeds, plus the analyses.
+
+Every cell runs one of the package's own recipes (recipes/pretrain.py, recipes/finetune.py,
+recipes/analyze_gradients.py) as a subprocess, on a YAML file the study writes into the cell's folder. A cell is
+complete when its marker `cell.json` exists; the marker is written atomically (temporary file + rename) only
+after the recipe succeeded, and holds what the results table needs. So:
+- a rerun skips complete cells and the study can be stopped and restarted at any point;
+- a cell killed half-way has no marker: it is run again (pretraining resumes from its newest complete
+  checkpoint; a fine-tuning cell starts over in an empty folder), never read half-written.
+`results.csv` and `report.md` are built from the markers alone (meta_xlm.study_report).
+
+Study file (YAML): see recipes/configs/study/small_en_sw.yaml. Each entry of `models` is a grid row: a
+pretraining YAML (any recipes/pretrain.py config, e.g. recipes/configs/surgery/*.yaml) plus field overrides, and
+its seeds; each entry of `tasks` is a recipes/finetune.py setting.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+CELL_MARKER = "cell.json"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class ModelSpec:
+    """One pretraining row of the grid."""
+
+    name: str  # folder and table name, e.g. "joint_pair"
+    config: str  # a recipes/pretrain.py YAML file
+    seeds: list[int]
+    paper_row: str | None = None  # the paper's row name (meta_xlm.tasks.reference.MODELS), None: not in it
+    overrides: dict = field(default_factory=dict)  # recipes/pretrain.py fields on top of `config`
+
+
+@dataclass
+class TaskSpec:
+    """One fine-tuning setting (recipes/finetune.py fields)."""
+
+    task: str
+    setting: str
+    train_language: str
+    eval_languages: list[str]
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{self.setting}_{self.train_language}"
+
+
+@dataclass
+class StudySpec:
+    name: str
+    runs_dir: str  # checkpoints and cell folders (git-ignored)
+    results_dir: str  # results.csv, report.md, figures (committed)
+    models: list[ModelSpec]
+    tasks: list[TaskSpec]
+    finetune: dict = field(default_factory=dict)  # recipes/finetune.py fields shared by every task
+    finetune_seed: int = 0
+    gradients: dict = field(default_factory=dict)  # {models: [...], + recipes/analyze_gradients.py fields}
+    figures: dict = field(default_factory=dict)  # {perplexity_models, loss_models, loss_max_step}
+
+    def model(self, name: str) -> ModelSpec:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(f"no model {name!r} in study {self.name!r} (models: {[m.name for m in self.models]})")
+
+
+def _build(cls, values: dict, where: str):
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and check a study file; errors name the file, the entry and the key."""
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    models = [_build(ModelSpec, m, f"{path}: models[{i}]") for i, m in enumerate(values.pop("models", []))]
+    tasks = [_build(TaskSpec, t, f"{path}: tasks[{i}]") for i, t in enumerate(values.pop("tasks", []))]
+    study = _build(StudySpec, {**values, "models": models, "tasks": tasks}, str(path))
+    names = [m.name for m in models]
+    if not models or len(set(names)) != len(names):
+        raise ValueError(f"{path}: models must be a non-empty list of distinct names, got {names}")
+    for model in models:
+        if not model.seeds or not Path(model.config).is_file():
+            raise ValueError(f"{path}: model {model.name!r} needs seeds and an existing config (got {model.config!r})")
+    for name in [*study.gradients.get("models", []), *study.figures.get("loss_models", [])]:
+        study.model(name)
+    return study
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_marker(folder: Path) -> dict | None:
+    marker = folder / CELL_MARKER
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
+def write_marker(folder: Path, summary: dict) -> None:
+    """The cell is complete once this file exists: write a temporary file, then rename (atomic on POSIX)."""
+    temporary = folder / f".{CELL_MARKER}.tmp"
+    temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, folder / CELL_MARKER)
+
+
+def run_recipe(script: str, config: dict, folder: Path, *extra: str) -> float:
+    """Write `config` as the cell's YAML, run recipes/<script> on it (log in the folder); return wall seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "study_cell.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, str(RECIPES / script), "--config", str(config_path), *extra]
+    logger.info("$ %s", " ".join(command))
+    started = time.time()
+    with (folder / "recipe.log").open("a", encoding="utf-8") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{script} failed (exit {completed.returncode}); see {folder / 'recipe.log'}")
+    return time.time() - started
+
+
+def pretrain_folder(study: StudySpec, model: str, seed: int) -> Path:
+    return Path(study.runs_dir) / "pretrain" / model / f"seed{seed}"
+
+
+def pretrain_config(model: ModelSpec, seed: int, folder: Path) -> dict:
+    """The model's pretraining YAML + overrides, with this cell's seed and output folder.
+
+    data_seed_offset = -seed keeps the held-out validation sentences the same for every seed (the recipe
+    splits with seed + data_seed_offset), so perplexities of different seeds are comparable.
+    """
+    config = yaml.safe_load(Path(model.config).read_text(encoding="utf-8")) or {}
+    return {**config, **model.overrides, "seed": seed, "data_seed_offset": -seed, "output_dir": str(folder)}
+
+
+def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
+    """Pretrain (model, seed); an interrupted run resumes from its newest complete checkpoint."""
+    folder = pretrain_folder(study, model.name, seed)
+    config = pretrain_config(model, seed, folder)
+    previous = folder / "study_cell.yaml"
+    if previous.is_file() and yaml.safe_load(previous.read_text(encoding="utf-8")) != config:
+        shutil.rmtree(folder)  # checkpoints of another configuration: start over rather than resume them
+    wall = run_recipe("pretrain.py", config, folder, "--resume_from_checkpoint", "latest")
+    return {**pretrain_summary(folder, config, wall), "config": config}
+
+
+def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
+    """Steps, validation perplexity and (expected) tokens seen per language of a finished pretraining run.
+
+    Tokens per language = steps × batch × block × p_lang, p_lang the recipe's logged sampling probability: each
+    optimizer step is one language's batch (LanguageBatchSampler), drawn with p_lang.
+    """
+    state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    probabilities = logged_sampling_probabilities(folder / "recipe.log")
+    tokens_per_step = config["per_device_train_batch_size"] * config.get("gradient_accumulation_steps", 1) * config[
+        "block_size"
+    ]
+    return {
+        "kind": "pretrain",
+        "steps": state["global_step"],
+        "tokens_seen": {
+            language: round(state["global_step"] * tokens_per_step * p) for language, p in probabilities.items()
+        },
+        "perplexity": json.loads((folder / "perplexity.json").read_text(encoding="utf-8")),
+        "wall_time_s": round(wall_seconds, 1),
+    }
+
+
+def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
+    marker = "language sampling probabilities: "
+    lines = [line for line in log_path.read_text(encoding="utf-8").splitlines() if marker in line]
+    if not lines:
+        raise ValueError(f"{log_path}: the pretraining log has no '{marker}' line")
+    return yaml.safe_load(lines[-1].split(marker, 1)[1])
+
+
+def finetune_folder(study: StudySpec, model: str, seed: int, task: TaskSpec) -> Path:
+    return Path(study.runs_dir) / "finetune" / model / f"seed{seed}" / task.name
+
+
+def finetune_config(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpec) -> dict:
+    return {
+        **study.finetune,
+        **task.overrides,
+        "task": task.task,
+        "setting": task.setting,
+        "train_language": task.train_language,
+        "eval_languages": task.eval_languages,
+        "model_name_or_path": str(pretrain_folder(study, model.name, seed)),
+        "model_name": model.name,
+        "output_dir": str(finetune_folder(study, model.name, seed, task)),
+        "seed": study.finetune_seed,
+    }
+
+
+def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpec) -> dict:
+    """Fine-tune the (model, seed) pretraining run on one task setting; a half-done cell starts over."""
+    folder = finetune_folder(study, model.name, seed, task)
+    shutil.rmtree(folder, ignore_errors=True)
+    config = finetune_config(study, model, seed, task)
+    wall = run_recipe("finetune.py", config, folder)
+    record = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    shutil.rmtree(folder / "grid", ignore_errors=True)  # fine-tuned checkpoints: large, and no longer needed
+    return {
+        "kind": "finetune",
+        "scores": record["scores"],
+        "selection": record["selection"]["best"],
+        "wall_time_s": round(wall, 1),
+        "config": config,
+    }
+
+
+def gradients_folder(study: StudySpec, model: str, seed: int) -> Path:
+    return Path(study.runs_dir) / "gradients" / model / f"seed{seed}"
+
+
+def gradients_config(study: StudySpec, model: ModelSpec, seed: int) -> dict:
+    settings = {key: value for key, value in study.gradients.items() if key != "models"}
+    return {
+        **settings,
+        "run_dir": str(pretrain_folder(study, model.name, seed)),
+        "output_dir": str(gradients_folder(study, model.name, seed)),
+    }
+
+
+def run_gradients_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
+    """Fig. 3: gradient cosine (pairs and the same-language baseline) over the run's checkpoints."""
+    folder = gradients_folder(study, model.name, seed)
+    shutil.rmtree(folder, ignore_errors=True)
+    config = gradients_config(study, model, seed)
+    wall = run_recipe("analyze_gradients.py", config, folder)
+    with (folder / "gradient_conflict.csv").open(encoding="utf-8") as handle:
+        rows = [{**row, "step": int(row["step"]), "cosine": float(row["cosine"])} for row in csv.DictReader(handle)]
+    return {"kind": "gradients", "rows": rows, "wall_time_s": round(wall, 1), "config": config}
+
+
+def cells(study: StudySpec, only_models: list[str] | None = None):
+    """Every cell in run order: seed by seed, so that a partial study has every model at its first seeds."""
+    models = [m for m in study.models if not only_models or m.name in only_models]
+    gradient_models = set(study.gradients.get("models", []))
+    max_seeds = max(len(m.seeds) for m in models)
+    for index in range(max_seeds):
+        for model in models:
+            if index >= len(model.seeds):
+                continue
+            seed = model.seeds[index]
+            yield ("pretrain", model, seed, None)
+            for task in study.tasks:
+                yield ("finetune", model, seed, task)
+            if model.name in gradient_models:
+                yield ("gradients", model, seed, None)
+
+
+def cell_folder(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> Path:
+    if kind == "pretrain":
+        return pretrain_folder(study, model.name, seed)
+    if kind == "finetune":
+        return finetune_folder(study, model.name, seed, task)
+    return gradients_folder(study, model.name, seed)
+
+
+def cell_config(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> dict:
+    if kind == "pretrain":
+        return pretrain_config(model, seed, pretrain_folder(study, model.name, seed))
+    if kind == "finetune":
+        return finetune_config(study, model, seed, task)
+    return gradients_config(study, model, seed)
+
+
+def run_cell(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> dict:
+    if kind == "pretrain":
+        return run_pretrain_cell(study, model, seed)
+    if kind == "finetune":
+        return run_finetune_cell(study, model, seed, task)
+    return run_gradients_cell(study, model, seed)
+
+
+def is_complete(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> bool:
+    """A marker exists, and it was written for the configuration the study file now gives this cell; a marker
+    of another configuration is an error (delete the cell's folder to rerun it), never silently reused."""
+    folder = cell_folder(study, kind, model, seed, task)
+    marker = read_marker(folder)
+    if marker is None:
+        return False
+    config = json.loads(json.dumps(cell_config(study, kind, model, seed, task)))  # as the marker stores it
+    if marker["config"] != config:
+        changed = sorted(k for k in {*config, *marker["config"]} if config.get(k) != marker["config"].get(k))
+        raise ValueError(
+            f"{folder} was completed with another configuration (fields {changed} differ from the study file): "
+            "delete that folder to rerun the cell, or restore the study file"
+        )
+    return True
+
+
+def run_study(study: StudySpec, only_models: list[str] | None = None, max_cells: int | None = None) -> int:
+    """Run the cells that are not complete yet (at most `max_cells`); return how many ran."""
+    ran = 0
+    for kind, model, seed, task in cells(study, only_models):
+        if is_complete(study, kind, model, seed, task):
+            continue
+        if max_cells is not None and ran >= max_cells:
+            break
+        logger.info("cell: %s %s seed %d %s", kind, model.name, seed, task.name if task else "")
+        summary = run_cell(study, kind, model, seed, task)
+        write_marker(cell_folder(study, kind, model, seed, task), summary)
+        ran += 1
+    return ran

@@ -1,0 +1,351 @@
+"""results.csv, report.md and the figures of a study, built from its complete cells only (meta_xlm.study).
+
+- results.csv: one row per (model, seed, task, setting, language, metric) with its value, and on every row the
+  pretraining run's steps, tokens seen per language and wall time. Pretraining rows have task "pretrain",
+  metric "perplexity" (final validation perplexity); gradient rows task "gradients", metric "cosine_<pair>".
+- report.md: per task and setting the paper's table layout (rows = models) with mean ± sd over seeds and the
+  paper's number beside it; the figures; a verdict per claim with its effect size and spread.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from meta_xlm.analysis.plots import plot_curves
+from meta_xlm.analysis.report import curve_rows, loss_curve, markdown_table, perplexity_curve, read_log_history, write_rows
+from meta_xlm.study import (
+    StudySpec,
+    finetune_folder,
+    gradients_folder,
+    pretrain_folder,
+    read_marker,
+)
+from meta_xlm.tasks.metrics import MAIN_METRIC
+from meta_xlm.tasks.reference import REFERENCE
+
+RESULT_FIELDS = [
+    "model", "paper_row", "seed", "task", "setting", "language", "metric", "value",
+    "pretrain_steps", "tokens_seen", "pretrain_wall_time_s",
+]  # fmt: skip
+
+
+def result_rows(study: StudySpec) -> list[dict]:
+    """Every measured value of the study's complete cells (see the module docstring)."""
+    rows = []
+    for model in study.models:
+        for seed in model.seeds:
+            pretrain = read_marker(pretrain_folder(study, model.name, seed))
+            if pretrain is None:
+                continue
+            common = {
+                "model": model.name,
+                "paper_row": model.paper_row or "",
+                "seed": seed,
+                "pretrain_steps": pretrain["steps"],
+                "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(pretrain["tokens_seen"].items())),
+                "pretrain_wall_time_s": pretrain["wall_time_s"],
+            }
+            for language, value in pretrain["perplexity"].items():
+                rows.append({**common, "task": "pretrain", "setting": "", "language": language,
+                             "metric": "perplexity", "value": value})  # fmt: skip
+            for task in study.tasks:
+                cell = read_marker(finetune_folder(study, model.name, seed, task))
+                for language, scores in (cell or {}).get("scores", {}).items():
+                    rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
+                                 "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
+            gradients = read_marker(gradients_folder(study, model.name, seed))
+            for row in (gradients or {}).get("rows", []):
+                if row["segment"] == "all":
+                    rows.append({**common, "task": "gradients", "setting": f"step {row['step']}",
+                                 "language": row["pair"], "metric": "cosine", "value": row["cosine"]})  # fmt: skip
+    return rows
+
+
+def write_results_csv(rows: Sequence[Mapping], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [{**row, "seed": int(row["seed"]), "value": float(row["value"])} for row in csv.DictReader(handle)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics over seeds
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    mean: float
+    sd: float  # sample standard deviation over seeds (0 with one seed)
+    n: int
+
+    def text(self) -> str:
+        return f"{self.mean:.1f} ± {self.sd:.1f} (n={self.n})" if self.n > 1 else f"{self.mean:.1f} (n=1)"
+
+
+def summarize(values: Sequence[float]) -> Summary | None:
+    if not values:
+        return None
+    return Summary(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+
+def values_of(rows: Sequence[Mapping], model: str, task: str, setting: str, language: str, metric: str):
+    """One value per seed (gradient rows: the mean over the run's checkpoints)."""
+    per_seed = defaultdict(list)
+    for row in rows:
+        if (row["model"], row["task"], row["language"], row["metric"]) == (model, task, language, metric) and (
+            task == "gradients" or row["setting"] == setting
+        ):
+            per_seed[row["seed"]].append(float(row["value"]))
+    return [statistics.fmean(values) for _, values in sorted(per_seed.items())]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """`better` beats `worse` on (task, setting, metric) in `language` (`worse_language` for the other side,
+    default the same); lower_is_better for perplexity and loss."""
+
+    text: str
+    better: str
+    worse: str
+    task: str
+    setting: str
+    language: str
+    metric: str
+    lower_is_better: bool = False
+    worse_language: str | None = None
+
+
+def verdict(claim: Claim, rows: Sequence[Mapping]) -> dict:
+    """Effect = mean(better) − mean(worse) (sign flipped when lower is better), spread = its standard error
+    sqrt(sd_b²/n_b + sd_w²/n_w). Reproduced: effect > 2 × spread; not reproduced: effect < −2 × spread (the
+    opposite holds), or |effect| within 2 × spread with ≥ 3 seeds a side; otherwise inconclusive (one seed a
+    side has no spread). A side without a complete cell: not yet run."""
+    worse_language = claim.worse_language or claim.language
+    better = summarize(values_of(rows, claim.better, claim.task, claim.setting, claim.language, claim.metric))
+    worse = summarize(values_of(rows, claim.worse, claim.task, claim.setting, worse_language, claim.metric))
+    sides = f"{claim.better} {claim.language} vs {claim.worse} {worse_language}"
+    result = {"claim": claim.text, "comparison": sides, "measure": " ".join(filter(None, (claim.task, claim.setting, claim.metric)))}
+    if better is None or worse is None:
+        return {**result, "better": "", "worse": "", "effect": "", "spread": "", "verdict": "not yet run"}
+    sign = -1.0 if claim.lower_is_better else 1.0
+    effect = sign * (better.mean - worse.mean)
+    spread = math.sqrt(better.sd**2 / better.n + worse.sd**2 / worse.n)
+    if better.n < 2 or worse.n < 2:
+        outcome = "inconclusive (one seed: no spread)"
+    elif effect > 2 * spread:
+        outcome = "reproduced"
+    elif effect < -2 * spread:
+        outcome = "not reproduced (the opposite holds)"
+    elif better.n >= 3 and worse.n >= 3:
+        outcome = "not reproduced (no difference beyond 2 spreads)"
+    else:
+        outcome = "inconclusive"
+    return {**result, "better": better.text(), "worse": worse.text(), "effect": f"{effect:+.3g}",
+            "spread": f"{spread:.2g}", "verdict": outcome}  # fmt: skip
+
+
+def paper_claims(language: str, reference: str = "en") -> list[Claim]:
+    """The paper's findings (Sections 3-4) as comparisons of study rows (the model names of small_en_sw.yaml)."""
+    claims = []
+    for task in ("pos", "ner"):
+        claims += [
+            Claim("pretraining helps at all", "joint_pair", "random_init", task, "within", language, "f1"),
+            Claim("Mono > JointPair within-language", f"mono_{language}", "joint_pair", task, "within", language, "f1"),
+            Claim("+ffn recovers within-language", "ffn", "joint_pair", task, "within", language, "f1"),
+            Claim("+ffn collapses zero-shot", "joint_pair", "ffn", task, "zero_shot", language, "f1"),
+            Claim("+meta adpt ≥ JointPair within", "meta_adpt", "joint_pair", task, "within", language, "f1"),
+            Claim("+meta adpt ≥ JointPair zero-shot", "meta_adpt", "joint_pair", task, "zero_shot", language, "f1"),
+            Claim("+meta adpt ≥ +adpt within", "meta_adpt", "adpt", task, "within", language, "f1"),
+            Claim("+meta adpt ≥ +adpt zero-shot", "meta_adpt", "adpt", task, "zero_shot", language, "f1"),
+            Claim("higher-order term matters (within)", "meta_adpt", "meta_adpt_first_order", task, "within", language, "f1"),
+            Claim("higher-order term matters (zero-shot)", "meta_adpt", "meta_adpt_first_order", task, "zero_shot", language, "f1"),
+        ]  # fmt: skip
+    same, pair = f"{reference}-{reference}", f"{reference}-{language}"
+    claims += [
+        Claim("Mono has lower perplexity than JointPair", f"mono_{language}", "joint_pair", "pretrain", "", language,
+              "perplexity", lower_is_better=True),
+        Claim("En-En gradient cosine > en-sw", "joint_pair", "joint_pair", "gradients", "", same, "cosine",
+              worse_language=pair),
+        Claim("+meta adpt early loss below +adpt", "meta_adpt", "adpt", "pretrain", "", "all", "early_loss",
+              lower_is_better=True),
+    ]  # fmt: skip
+    return claims
+
+
+def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
+    """A downstream claim says nothing while pretrained models do not beat random init on that task: its verdict
+    becomes inconclusive (with the reason) unless "pretraining helps at all" is reproduced for the task."""
+    helped = {v["measure"].split()[0] for v in verdicts if v["claim"] == "pretraining helps at all" and
+              v["verdict"] == "reproduced"}  # fmt: skip
+    gated = []
+    for entry in verdicts:
+        task = entry["measure"].split()[0]
+        downstream = task in ("pos", "ner") and entry["claim"] != "pretraining helps at all"
+        if downstream and task not in helped and entry["verdict"] != "not yet run":
+            entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on {task} "
+                                         f"(would be: {entry['verdict']})"}  # fmt: skip
+        gated.append(entry)
+    return gated
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables, figures, report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def task_table(study: StudySpec, rows: Sequence[Mapping], task: str, setting: str, metric: str) -> list[dict]:
+    """The paper's layout: one row per model, one column per evaluation language (mean ± sd over seeds), and the
+    paper's number for the model's row (the language's own when the paper has it, else its average)."""
+    languages = sorted({r["language"] for r in rows if (r["task"], r["setting"], r["metric"]) == (task, setting, metric)})
+    table = []
+    for model in study.models:
+        line = {"model": model.name}
+        for language in languages:
+            summary = summarize(values_of(rows, model.name, task, setting, language, metric))
+            line[language] = summary.text() if summary else "–"
+        reported = MAIN_METRIC.get(task) == metric  # the paper prints one metric per task
+        reference = REFERENCE.get(task, {}).get(setting, {}).get(model.paper_row or "", {}) if reported else {}
+        key = next((language for language in languages if language in reference), "avg")
+        line["paper"] = f"{reference[key]} ({key})" if key in reference else "–"
+        table.append(line)
+    return table
+
+
+def early_loss(history: Sequence[Mapping], max_step: int) -> float | None:
+    points = loss_curve(history, max_step)
+    return statistics.fmean(value for _, value in points) if points else None
+
+
+def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Point-wise mean over seeds, at the steps every seed has."""
+    steps = set.intersection(*(set(step for step, _ in curve) for curve in curves)) if curves else set()
+    return [(step, statistics.fmean(dict(curve)[step] for curve in curves)) for step in sorted(steps)]
+
+
+def complete_histories(study: StudySpec, model: str) -> list[list[dict]]:
+    seeds = study.model(model).seeds
+    folders = [pretrain_folder(study, model, seed) for seed in seeds]
+    return [read_log_history(folder) for folder in folders if read_marker(folder) is not None]
+
+
+def figure(curves: Mapping[str, list], results_dir: Path, stem: str, title: str, ylabel: str, log_y=False) -> str | None:
+    """Write <stem>.csv and <stem>.png of the non-empty curves; return the Markdown image line (None: nothing)."""
+    curves = {name: points for name, points in curves.items() if points}
+    if not curves:
+        return None
+    write_rows(results_dir / f"{stem}.csv", curve_rows(curves, ylabel))
+    plot_curves(curves, results_dir / f"{stem}.png", title, ylabel, log_y=log_y)
+    return f"![{title}]({stem}.png) ([data]({stem}.csv))"
+
+
+def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
+    """Fig. 2 (perplexity, Mono vs JointPair, per language), Fig. 3 (gradient cosine), Fig. 4c (early loss)."""
+    lines = []
+    names = [model.name for model in study.models]
+    for language in study.figures.get("perplexity_languages", []):
+        curves = {
+            model: mean_curve([perplexity_curve(h, language) for h in complete_histories(study, model)])
+            for model in (f"mono_{language}", "joint_pair")
+            if model in names
+        }
+        title = f"Fig. 2: validation perplexity ({language})"
+        lines.append(figure(curves, results_dir, f"fig2_perplexity_{language}", title, "perplexity", log_y=True))
+    curves = {}
+    for model in study.gradients.get("models", []):
+        markers = [read_marker(gradients_folder(study, model, seed)) for seed in study.model(model).seeds]
+        per_pair = defaultdict(list)
+        for marker in filter(None, markers):
+            for pair in {row["pair"] for row in marker["rows"]}:
+                per_pair[pair].append([(r["step"], r["cosine"]) for r in marker["rows"]
+                                       if r["pair"] == pair and r["segment"] == "all"])  # fmt: skip
+        curves.update({f"{model} {pair}": mean_curve(seeds) for pair, seeds in sorted(per_pair.items())})
+    lines.append(figure(curves, results_dir, "fig3_gradient_cosine", "Fig. 3: gradient cosine", "cosine"))
+    max_step = study.figures.get("loss_max_step")
+    curves = {
+        model: mean_curve([loss_curve(h, max_step) for h in complete_histories(study, model)])
+        for model in study.figures.get("loss_models", [])
+    }
+    lines.append(figure(curves, results_dir, "fig4c_early_loss", "Fig. 4c: early MLM training loss", "loss"))
+    return [line for line in lines if line]
+
+
+def early_loss_rows(study: StudySpec) -> list[dict]:
+    """Mean training loss up to figures.loss_max_step of every complete pretraining run (Fig. 4c's claim)."""
+    max_step = study.figures.get("loss_max_step")
+    rows = []
+    for model in study.models:
+        for seed in model.seeds:
+            folder = pretrain_folder(study, model.name, seed)
+            marker = read_marker(folder)
+            value = early_loss(read_log_history(folder), max_step) if marker and max_step else None
+            if value is not None:
+                rows.append({"model": model.name, "paper_row": model.paper_row or "", "seed": seed,
+                             "task": "pretrain", "setting": "", "language": "all", "metric": "early_loss",
+                             "value": value, "pretrain_steps": marker["steps"],
+                             "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(marker["tokens_seen"].items())),
+                             "pretrain_wall_time_s": marker["wall_time_s"]})  # fmt: skip
+    return rows
+
+
+def table_sections(study: StudySpec, rows: Sequence[Mapping]) -> list[str]:
+    sections = []
+    for task in study.tasks:
+        for metric in sorted({r["metric"] for r in rows if (r["task"], r["setting"]) == (task.task, task.setting)}):
+            title = f"### {task.task.upper()} {task.setting} (train {task.train_language}), {metric}"
+            sections.append(f"{title}\n\n{markdown_table(task_table(study, rows, task.task, task.setting, metric))}")
+    pretraining = task_table(study, rows, "pretrain", "", "perplexity")
+    sections.append(f"### Final validation perplexity\n\n{markdown_table(pretraining)}")
+    return sections
+
+
+def cell_counts(study: StudySpec) -> str:
+    done = total = 0
+    for model in study.models:
+        for seed in model.seeds:
+            folders = [pretrain_folder(study, model.name, seed)]
+            folders += [finetune_folder(study, model.name, seed, task) for task in study.tasks]
+            if model.name in study.gradients.get("models", []):
+                folders.append(gradients_folder(study, model.name, seed))
+            total += len(folders)
+            done += sum(read_marker(folder) is not None for folder in folders)
+    return f"{done} of {total} cells complete"
+
+
+def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") -> Path:
+    """Write results.csv, the figures and report.md to study.results_dir; return report.md's path."""
+    results_dir = Path(study.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    rows = result_rows(study) + early_loss_rows(study)
+    write_results_csv(rows, results_dir / "results.csv")
+    verdicts = gate_on_pretraining([verdict(claim, rows) for claim in paper_claims(language)])
+    write_rows(results_dir / "verdicts.csv", verdicts)
+    sections = [
+        f"# Study {study.name}: {cell_counts(study)}",
+        notes,
+        "## Verdicts\n\nEffect = mean(first) − mean(second) over seeds (sign flipped where lower is better); "
+        "spread = its standard error. Reproduced: effect > 2 spreads.\n\n" + markdown_table(verdicts),
+        "## Results (mean ± sd over pretraining seeds; `paper`: the paper's number for that row)",
+        *table_sections(study, rows),
+        "## Figures",
+        *figure_lines(study, results_dir),
+    ]
+    report = results_dir / "report.md"
+    report.write_text("\n\n".join(section for section in sections if section) + "\n", encoding="utf-8")
+    return report

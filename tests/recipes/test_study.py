@@ -1,0 +1,82 @@
+"""recipes/study.py end to end on a micro grid: two models (random init, JointPair) × POS sw within-language ×
+one seed, 20 pretraining steps of the tiny config; then a rerun that must skip every cell, and an interrupted
+fine-tuning cell (no marker, a half-written metrics file) that must be redone."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, shared_data_path
+
+from meta_xlm.study_report import RESULT_FIELDS
+
+pytestmark = pytest.mark.slow
+
+TINY = str(REPO_ROOT / "recipes" / "configs" / "tiny_joint_pair.yaml")
+MICRO_PRETRAIN = {"max_steps": 20, "eval_steps": 10, "save_steps": 10, "report_to": [], "disable_tqdm": True,
+                  "subsample": ["en=600", "sw=600"]}  # fmt: skip
+
+
+def micro_study(tmp_path) -> dict:
+    text = shared_data_path("text")
+    return {
+        "name": "micro",
+        "runs_dir": str(tmp_path / "runs"),
+        "results_dir": str(tmp_path / "results"),
+        "models": [
+            {"name": "random_init", "config": TINY, "seeds": [0],
+             "overrides": {**MICRO_PRETRAIN, "text_dir": str(text), "learning_rate": 0.0, "max_steps": 1,
+                           "eval_strategy": "no", "save_strategy": "no"}},
+            {"name": "joint_pair", "paper_row": "JointPair", "config": TINY, "seeds": [0],
+             "overrides": {**MICRO_PRETRAIN, "text_dir": str(text)}},
+        ],  # fmt: skip
+        "finetune": {"batch_sizes": [8], "learning_rates": [5e-4], "epochs": 1, "max_train_examples": 24,
+                     "max_eval_examples": 16, "max_seq_length": 64, "use_cpu": True, "disable_tqdm": True,
+                     "report_to": [], "data_dir": str(shared_data_path())},  # fmt: skip
+        "tasks": [{"task": "pos", "setting": "within", "train_language": "sw", "eval_languages": ["sw"]}],
+        "figures": {"perplexity_languages": ["sw"], "loss_models": ["joint_pair"], "loss_max_step": 20},
+    }
+
+
+def run_study(study_file):
+    command = [sys.executable, str(REPO_ROOT / "recipes" / "study.py"), "--study", str(study_file)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stderr
+
+
+def test_study_runs_skips_complete_cells_and_redoes_interrupted_ones(tmp_path):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(micro_study(tmp_path)))
+    log = run_study(study_file)
+    assert log.count("cell: ") == 4  # 2 pretraining + 2 fine-tuning cells
+
+    results = tmp_path / "results"
+    with (results / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == RESULT_FIELDS
+    f1 = {(r["model"], r["metric"]): float(r["value"]) for r in rows if r["task"] == "pos"}
+    assert set(f1) == {(m, k) for m in ("random_init", "joint_pair") for k in ("f1", "accuracy")}
+    steps = {r["model"]: int(r["pretrain_steps"]) for r in rows}
+    assert steps == {"random_init": 1, "joint_pair": 20}
+    tokens = {r["model"]: r["tokens_seen"] for r in rows}
+    assert tokens["joint_pair"].startswith("en=") and " sw=" in tokens["joint_pair"]
+    report = (results / "report.md").read_text()
+    assert "4 of 4 cells complete" in report and "| joint_pair |" in report
+    assert "| pretraining helps at all |" in report and "inconclusive (one seed: no spread)" in report
+    assert (results / "fig2_perplexity_sw.png").is_file() and (results / "fig4c_early_loss.csv").is_file()
+
+    # a rerun runs no cell
+    assert run_study(study_file).count("cell: ") == 0
+
+    # an interrupted fine-tuning cell: marker gone, metrics half-written -> redone, not read
+    cell = tmp_path / "runs" / "finetune" / "joint_pair" / "seed0" / "pos_within_sw"
+    (cell / "cell.json").unlink()
+    (cell / "metrics.json").write_text('{"task": "pos", "scor')
+    log = run_study(study_file)
+    assert log.count("cell: ") == 1
+    assert json.loads((cell / "metrics.json").read_text())["task"] == "pos"
+    assert json.loads((cell / "cell.json").read_text())["kind"] == "finetune"
