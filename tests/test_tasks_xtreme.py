@@ -28,9 +28,20 @@ def test_tagging_file_has_one_tag_per_word_and_a_blank_line_per_sentence(tmp_pat
     assert path.read_text(encoding="utf-8") == "B-PER\nO\n\nO\nI-PER\nO\nO\n\n"
 
 
+def test_a_sentence_split_into_windows_is_joined_back(tmp_path):
+    labels = ["O", "B-PER", "I-PER"]
+    examples = datasets.Dataset.from_dict({"tokens": [["Ana"], ["to", "Dar", "es", "Salaam"]]})
+    # sentence 2 in two windows: words 1-2 labelled in the first, words 3-4 in the second (tokenize_tagging's stride)
+    features = datasets.Dataset.from_dict({"example_id": [0, 1, 1]})
+    predictions = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 2, 2, 0]])
+    label_ids = np.array([[IGNORE, 1, IGNORE, IGNORE], [IGNORE, 0, 1, IGNORE], [IGNORE, 2, 2, IGNORE]])
+    path = write_xtreme_predictions(tmp_path, "ner", "sw", examples, features, predictions, label_ids, labels)
+    assert path.read_text(encoding="utf-8") == "B-PER\n\nO\nB-PER\nI-PER\nI-PER\n\n"
+
+
 def test_tagging_needs_one_prediction_row_per_sentence(tmp_path):
     examples = datasets.Dataset.from_dict({"tokens": [["a"], ["b"]]})
-    with pytest.raises(ValueError, match="1 predicted rows for 2 sentences"):
+    with pytest.raises(ValueError, match="1 predicted sentences for 2 test sentences"):
         write_xtreme_predictions(tmp_path, "pos", "te", examples, examples, np.zeros((1, 3)), np.zeros((1, 3)), ["X"])
 
 

@@ -6,8 +6,9 @@
     <directory>/tydiqa/test-<lang>.json  TyDiQA-GoldP: {question id: answer text}
 
 (Hu et al., 2020, github.com/google-research/xtreme: `evaluate.py --prediction_folder <directory>
---label_folder <gold>`.) A sentence cut by `max_seq_length` has tags for its first words only; its remaining
-words get `TRUNCATED_FILLER` so every line still lines up with a gold word.
+--label_folder <gold>`.) A long sentence tokenised into several windows (`tokenize_tagging`'s stride) is joined back
+into one; a word that got no prediction (no subword token) gets `TRUNCATED_FILLER`, so every line still lines up
+with a gold word.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ def xtreme_prediction_path(directory: str | Path, task: str, language: str) -> P
 
 
 def tagging_lines(
-    task: str, examples: datasets.Dataset, predictions, label_ids, labels: list[str]
+    task: str, examples: datasets.Dataset, features, predictions, label_ids, labels: list[str]
 ) -> list[str]:
-    """One tag per word of every example (first-subword predictions), a blank line after each sentence."""
-    _, predicted = word_predictions(np.asarray(predictions), np.asarray(label_ids), dict(enumerate(labels)))
+    """One tag per word of every example (first-subword predictions, a sentence's windows joined), a blank line
+    after each sentence."""
+    example_ids = features["example_id"] if "example_id" in features.column_names else None
+    _, predicted = word_predictions(
+        np.asarray(predictions), np.asarray(label_ids), dict(enumerate(labels)), example_ids
+    )
     if len(predicted) != len(examples):
         raise ValueError(
-            f"{len(predicted)} predicted rows for {len(examples)} sentences: XTREME's layout needs one feature "
-            "row per sentence"
+            f"{len(predicted)} predicted sentences for {len(examples)} test sentences: the features are not the "
+            "test examples' windows, in order"
         )
     lines = []
     for tags, example in zip(predicted, examples):
@@ -71,6 +76,6 @@ def write_xtreme_predictions(
     if task == "nli":
         lines = [labels[int(i)] for i in np.asarray(predictions).argmax(-1)]
     else:
-        lines = tagging_lines(task, examples, predictions, label_ids, labels)
+        lines = tagging_lines(task, examples, features, predictions, label_ids, labels)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
