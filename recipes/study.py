@@ -2,6 +2,7 @@
 
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --report_only true
+    python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --check true   # validate, run nothing
 
 Each cell (a pretraining run, a fine-tuning run, a gradient analysis) runs one of the package's recipes and is
 marked complete atomically; rerunning the command skips complete cells and redoes interrupted ones, so the study
@@ -11,13 +12,17 @@ complete cells after every cell (meta_xlm.study, meta_xlm.study_report).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from meta_xlm.cli import parse_config_and_args
-from meta_xlm.study import load_study, run_study
+from meta_xlm.study import RECIPES, StudySpec, load_study, pretrain_config, run_study
 from meta_xlm.study_report import build_study_report
 
 logger = logging.getLogger("study")
@@ -30,12 +35,36 @@ class StudyArguments:
     max_cells: int | None = field(default=None, metadata={"help": "stop after running this many cells"})
     report_only: bool = field(default=False, metadata={"help": "only rebuild results.csv and report.md"})
     notes: str | None = field(default=None, metadata={"help": "Markdown file whose text heads report.md"})
+    check: bool = field(
+        default=False, metadata={"help": "only check the study file: every row's pretraining config must parse"}
+    )
+
+
+def check_pretrain_rows(study: StudySpec) -> None:
+    """Parse every row's pretraining config (its YAML + overrides, first seed) with recipes/pretrain.py's own
+    argument classes, so a misspelt field or a bad value (e.g. gradient_surgery: foo) fails now, not hours in."""
+    spec = importlib.util.spec_from_file_location("study_pretrain_recipe", RECIPES / "pretrain.py")
+    pretrain = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(pretrain)  # registered first: its dataclasses look their module up
+    with tempfile.TemporaryDirectory() as folder:
+        for model in study.models:
+            path = Path(folder) / f"{model.name}.yaml"
+            config = pretrain_config(model, model.seeds[0], Path(folder) / model.name)
+            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            try:
+                parse_config_and_args(pretrain.ARGUMENT_CLASSES, ["--config", str(path)])
+            except (ValueError, SystemExit) as error:
+                raise ValueError(f"{study.name}: model {model.name!r}: {error}") from None
 
 
 def main(argv: list[str]) -> None:
     (args,) = parse_config_and_args((StudyArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     study = load_study(args.study)
+    if args.check:
+        check_pretrain_rows(study)
+        logger.info("%s: %d rows, every pretraining config parses", args.study, len(study.models))
+        return
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     remaining = 0 if args.report_only else args.max_cells
     while (remaining is None or remaining > 0) and run_study(study, args.models or None, max_cells=1):

@@ -94,3 +94,105 @@ def test_downstream_verdicts_wait_for_pretraining_to_beat_random_init():
     gated = [v["verdict"] for v in gate_on_pretraining(verdicts)]
     assert gated == ["inconclusive", "inconclusive: pretraining does not beat random init on pos (would be: reproduced)",
                      "reproduced", "reproduced", "reproduced"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Beyond the paper: treatments (gradient surgery, loss weights) vs the tuned sampling temperature
+# ---------------------------------------------------------------------------------------------------------
+
+TREATMENTS_STUDY = "recipes/configs/study/small_en_sw_treatments.yaml"
+
+
+def treatment_study(tmp_path, names: list[str]):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, sw]\n")
+    values = {"name": "t", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": name, "config": str(config), "seeds": [0, 1, 2]} for name in names], "tasks": []}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return load_study(path)
+
+
+def answer(verdicts: list[dict], claim: str, measure: str = "pos within f1") -> dict:
+    return next(v for v in verdicts if v["claim"] == claim and v["measure"] == measure)
+
+
+NAMES = ["random_init", "temperature_1", "temperature_5", "pcgrad_layer", "adpt_gradvac_model", "adpt"]
+BEATS = "a treatment beats the best temperature"
+
+
+def test_a_treatment_beating_the_best_temperature_by_more_than_two_spreads_is_a_yes(tmp_path):
+    from meta_xlm.study_report import gate_on_pretraining, treatment_answers, treatment_verdicts
+
+    study = treatment_study(tmp_path, NAMES)
+    data = (rows("random_init", [10.0, 11.0, 12.0]) + rows("temperature_1", [60.0, 61.0, 62.0])
+            + rows("temperature_5", [70.0, 71.0, 72.0]) + rows("pcgrad_layer", [80.0, 81.0, 82.0])
+            + rows("adpt_gradvac_model", [75.0, 76.0, 77.0]))  # fmt: skip
+    verdicts = treatment_answers(gate_on_pretraining(treatment_verdicts(study, data, "sw")))
+    best = answer(verdicts, BEATS)
+    # the best of each side: pcgrad_layer (81) vs temperature_5 (71), not temperature_1
+    assert best["comparison"] == "pcgrad_layer sw vs temperature_5 sw"
+    assert (best["verdict"], best["effect"], best["spread"]) == ("yes", "+10", "0.82")
+    assert answer(verdicts, "pretraining helps at all")["verdict"] == "reproduced"
+    assert answer(verdicts, "surgery on +adpt beats +adpt")["verdict"] == "not yet run"  # adpt has no cell
+    assert answer(verdicts, BEATS, "ner within f1")["verdict"] == "not yet run"
+    # within noise (effect 1, standard error sqrt(8/2 + 8/2) = 2.8), two seeds a side: inconclusive
+    noisy = rows("random_init", [10.0, 11.0]) + rows("temperature_5", [80.0, 84.0]) + rows("pcgrad_layer", [81.0, 85.0])
+    noisy_answer = answer(treatment_answers(gate_on_pretraining(treatment_verdicts(study, noisy, "sw"))), BEATS)
+    assert (noisy_answer["verdict"], noisy_answer["effect"], noisy_answer["spread"]) == ("inconclusive", "+1", "2.8")
+
+
+def test_treatment_answers_no_and_gate(tmp_path):
+    from meta_xlm.study_report import gate_on_pretraining, treatment_answers, treatment_verdicts
+
+    study = treatment_study(tmp_path, NAMES)
+    same = (rows("random_init", [10.0, 11.0, 12.0]) + rows("temperature_1", [79.0, 81.0, 83.0])
+            + rows("pcgrad_layer", [78.0, 80.0, 82.0]))  # fmt: skip
+    verdicts = treatment_answers(gate_on_pretraining(treatment_verdicts(study, same, "sw")))
+    assert answer(verdicts, BEATS)["verdict"] == "no: no difference beyond 2 spreads"
+    worse = (rows("random_init", [10.0, 11.0, 12.0]) + rows("temperature_1", [80.0, 81.0, 82.0])
+             + rows("pcgrad_layer", [70.0, 71.0, 72.0]))  # fmt: skip
+    verdicts = treatment_answers(gate_on_pretraining(treatment_verdicts(study, worse, "sw")))
+    assert answer(verdicts, BEATS)["verdict"] == "no: the baseline is better"
+    # pretrained rows no better than random init: the treatment question says nothing yet
+    ungated = (rows("random_init", [80.0, 81.0, 82.0]) + rows("temperature_1", [60.0, 61.0, 62.0])
+               + rows("pcgrad_layer", [70.0, 71.0, 72.0]))  # fmt: skip
+    verdicts = treatment_answers(gate_on_pretraining(treatment_verdicts(study, ungated, "sw")))
+    assert answer(verdicts, BEATS)["verdict"].startswith("inconclusive: pretraining does not beat random init on pos")
+
+
+def test_a_study_shows_only_the_claims_it_has_rows_for(tmp_path):
+    from meta_xlm.study_report import build_study_report
+
+    treatments = build_study_report(treatment_study(tmp_path, NAMES)).read_text(encoding="utf-8")
+    assert "Does any treatment beat the tuned-temperature baseline" in treatments
+    assert "## Verdicts" not in treatments and "Mono > JointPair" not in treatments  # small_en_sw's claims
+    paper = build_study_report(treatment_study(tmp_path, ["joint_pair", "random_init", "mono_sw"]))
+    text = paper.read_text(encoding="utf-8")
+    assert "Mono > JointPair within-language" in text and "+meta adpt" not in text and "treatment" not in text
+
+
+def load_study_recipe():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "study.py"
+    spec = importlib.util.spec_from_file_location("study_recipe_under_test", path)
+    module = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)  # registered first: its dataclasses look their module up
+    return module
+
+
+def test_the_treatments_study_file_is_valid_and_a_bad_row_is_named(tmp_path):
+    study = load_study(TREATMENTS_STUDY)
+    names = [model.name for model in study.models]
+    assert {"temperature_1", "temperature_1.43", "temperature_5", "temperature_inf", "pcgrad_model",
+            "gradvac_layer", "adpt_pcgrad_layer", "adpt_gradvac_model", "loss_weights_en1_sw2"} <= set(names)  # fmt: skip
+    assert {model.config for model in study.models} == {"recipes/configs/study/small_pretrain.yaml"}
+    assert study.tasks == load_study("recipes/configs/study/small_en_sw.yaml").tasks
+    recipe = load_study_recipe()
+    recipe.check_pretrain_rows(study)  # every row parses with recipes/pretrain.py's argument classes
+    study.models[7].overrides = {"gradient_surgery": "foo"}
+    with pytest.raises(ValueError, match=rf"model '{names[7]}'.*foo"):
+        recipe.check_pretrain_rows(study)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
-from meta_xlm.analysis.report import curve_rows, loss_curve, markdown_table, perplexity_curve, read_log_history, write_rows
+from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve, read_log_history
 from meta_xlm.study import (
     StudySpec,
     finetune_folder,
@@ -26,6 +26,7 @@ from meta_xlm.study import (
     pretrain_folder,
     read_marker,
 )
+from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 from meta_xlm.tasks.metrics import MAIN_METRIC
 from meta_xlm.tasks.reference import REFERENCE
 
@@ -161,12 +162,15 @@ def verdict(claim: Claim, rows: Sequence[Mapping]) -> dict:
             "spread": f"{spread:.2g}", "verdict": outcome}  # fmt: skip
 
 
+PRETRAINING_HELPS = "pretraining helps at all"  # the claim gate_on_pretraining reads
+
+
 def paper_claims(language: str, reference: str = "en") -> list[Claim]:
     """The paper's findings (Sections 3-4) as comparisons of study rows (the model names of small_en_sw.yaml)."""
     claims = []
     for task in ("pos", "ner"):
         claims += [
-            Claim("pretraining helps at all", "joint_pair", "random_init", task, "within", language, "f1"),
+            Claim(PRETRAINING_HELPS, "joint_pair", "random_init", task, "within", language, "f1"),
             Claim("Mono > JointPair within-language", f"mono_{language}", "joint_pair", task, "within", language, "f1"),
             Claim("+ffn recovers within-language", "ffn", "joint_pair", task, "within", language, "f1"),
             Claim("+ffn collapses zero-shot", "joint_pair", "ffn", task, "zero_shot", language, "f1"),
@@ -192,17 +196,99 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
 def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
     """A downstream claim says nothing while pretrained models do not beat random init on that task: its verdict
     becomes inconclusive (with the reason) unless "pretraining helps at all" is reproduced for the task."""
-    helped = {v["measure"].split()[0] for v in verdicts if v["claim"] == "pretraining helps at all" and
+    helped = {v["measure"].split()[0] for v in verdicts if v["claim"] == PRETRAINING_HELPS and
               v["verdict"] == "reproduced"}  # fmt: skip
     gated = []
     for entry in verdicts:
         task = entry["measure"].split()[0]
-        downstream = task in ("pos", "ner") and entry["claim"] != "pretraining helps at all"
+        downstream = task in ("pos", "ner") and entry["claim"] != PRETRAINING_HELPS
         if downstream and task not in helped and entry["verdict"] != "not yet run":
             entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on {task} "
                                          f"(would be: {entry['verdict']})"}  # fmt: skip
         gated.append(entry)
     return gated
+
+
+def claims_in_study(claims: Sequence[Claim], study: StudySpec) -> list[Claim]:
+    """The claims whose two rows are both grid rows of the study (another study's claims would only clutter)."""
+    names = {model.name for model in study.models}
+    return [claim for claim in claims if claim.better in names and claim.worse in names]
+
+
+# Beyond the paper (small_en_sw_treatments.yaml): rows are grouped by the name prefixes of that study file.
+TEMPERATURE_ROWS = ("temperature_",)  # JointPair at sampling temperature T: the tuned-sampling baseline
+SURGERY_ON_ADAPTERS_ROWS = ("adpt_pcgrad_", "adpt_gradvac_")
+TREATMENT_ROWS = ("pcgrad_", "gradvac_", *SURGERY_ON_ADAPTERS_ROWS, "loss_weights_")
+TREATMENT_ANSWERS = {
+    "reproduced": "yes",
+    "not reproduced (the opposite holds)": "no: the baseline is better",
+    "not reproduced (no difference beyond 2 spreads)": "no: no difference beyond 2 spreads",
+}
+
+
+def best_row(models: Sequence[str], rows: Sequence[Mapping], claim: Claim) -> str | None:
+    """The model of `models` with the best mean over seeds on the claim's measure (None: none has a cell).
+    Picking the best of several rows favours that side a little (the maximum of noisy means); both sides of a
+    treatment claim are picked so, and a win must still exceed 2 standard errors."""
+    means = {}
+    for model in models:
+        values = values_of(rows, model, claim.task, claim.setting, claim.language, claim.metric)
+        if values:
+            means[model] = statistics.fmean(values)
+    if not means:
+        return None
+    return (min if claim.lower_is_better else max)(means, key=means.get)
+
+
+def best_of_verdict(claim: Claim, candidates: Sequence[str], baselines: Sequence[str], rows: Sequence[Mapping]) -> dict:
+    """verdict() of the best candidate row vs the best baseline row; the claim's own sides name the groups."""
+    better = best_row(candidates, rows, claim) or claim.better
+    worse = best_row(baselines, rows, claim) or claim.worse
+    return verdict(Claim(claim.text, better, worse, claim.task, claim.setting, claim.language, claim.metric,
+                         claim.lower_is_better), rows)  # fmt: skip
+
+
+def treatment_verdicts(study: StudySpec, rows: Sequence[Mapping], language: str) -> list[dict]:
+    """Does any treatment (gradient surgery on JointPair or +adpt, fixed loss weights) beat the best sampling
+    temperature, per task and setting, and does surgery on +adpt beat +adpt? Only groups the study has rows of;
+    "pretraining helps at all" (best temperature vs random init) is there to gate the downstream ones
+    (gate_on_pretraining); treatment_answers then words the verdicts as answers."""
+    names = [model.name for model in study.models]
+    groups = {
+        "treatment": [name for name in names if name.startswith(TREATMENT_ROWS)],
+        "temperature": [name for name in names if name.startswith(TEMPERATURE_ROWS)],
+        "surgery on +adpt": [name for name in names if name.startswith(SURGERY_ON_ADAPTERS_ROWS)],
+        "random init": [name for name in names if name == "random_init"],
+        "+adpt": [name for name in names if name == "adpt"],
+    }
+    comparisons = [
+        (PRETRAINING_HELPS, "temperature", "random init"),
+        ("a treatment beats the best temperature", "treatment", "temperature"),
+        ("surgery on +adpt beats +adpt", "surgery on +adpt", "+adpt"),
+    ]
+    measures = [(task, setting, "f1", False) for task in ("pos", "ner") for setting in ("within", "zero_shot")]
+    measures.append(("pretrain", "", "perplexity", True))
+    verdicts = []
+    for text, candidates, baselines in comparisons:
+        if not groups[candidates] or not groups[baselines]:
+            continue
+        for task, setting, metric, lower in measures:
+            if task == "pretrain" and text == PRETRAINING_HELPS:
+                continue  # it gates the fine-tuning claims only
+            claim = Claim(text, f"best {candidates} row", f"best {baselines} row", task, setting, language, metric,
+                          lower_is_better=lower)  # fmt: skip
+            verdicts.append(best_of_verdict(claim, groups[candidates], groups[baselines], rows))
+    return verdicts
+
+
+def treatment_answers(verdicts: Sequence[Mapping]) -> list[dict]:
+    """"yes" / "no: ..." for the treatment questions (the pretraining gate keeps verdict()'s wording)."""
+    return [{**entry, "verdict": TREATMENT_ANSWERS.get(entry["verdict"], entry["verdict"])}
+            if entry["claim"] != PRETRAINING_HELPS else dict(entry) for entry in verdicts]  # fmt: skip
+
+
+def dict_table(rows: Sequence[Mapping]) -> str:
+    return markdown_table(*columns_and_cells(rows)) if rows else ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,7 +336,7 @@ def figure(curves: Mapping[str, list], results_dir: Path, stem: str, title: str,
     curves = {name: points for name, points in curves.items() if points}
     if not curves:
         return None
-    write_rows(results_dir / f"{stem}.csv", curve_rows(curves, ylabel))
+    write_csv(results_dir / f"{stem}.csv", curve_rows(curves, ylabel))
     plot_curves(curves, results_dir / f"{stem}.png", title, ylabel, log_y=log_y)
     return f"![{title}]({stem}.png) ([data]({stem}.csv))"
 
@@ -309,9 +395,9 @@ def table_sections(study: StudySpec, rows: Sequence[Mapping]) -> list[str]:
     for task in study.tasks:
         for metric in sorted({r["metric"] for r in rows if (r["task"], r["setting"]) == (task.task, task.setting)}):
             title = f"### {task.task.upper()} {task.setting} (train {task.train_language}), {metric}"
-            sections.append(f"{title}\n\n{markdown_table(task_table(study, rows, task.task, task.setting, metric))}")
+            sections.append(f"{title}\n\n{dict_table(task_table(study, rows, task.task, task.setting, metric))}")
     pretraining = task_table(study, rows, "pretrain", "", "perplexity")
-    sections.append(f"### Final validation perplexity\n\n{markdown_table(pretraining)}")
+    sections.append(f"### Final validation perplexity\n\n{dict_table(pretraining)}")
     return sections
 
 
@@ -328,19 +414,32 @@ def cell_counts(study: StudySpec) -> str:
     return f"{done} of {total} cells complete"
 
 
+TREATMENTS_INTRO = (
+    "## Does any treatment beat the tuned-temperature baseline, and by how much?\n\n"
+    "Per task and setting: the best row (highest mean over seeds; lowest for perplexity) of the treatments "
+    "(PCGrad / GradVac on JointPair or +adpt, fixed loss weights) vs the best sampling-temperature row. Effect = "
+    "its margin, spread = its standard error; yes: effect > 2 spreads; no: the baseline is better, or no "
+    "difference with ≥ 3 seeds a side; otherwise inconclusive.\n\n"
+)
+
+
 def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") -> Path:
     """Write results.csv, the figures and report.md to study.results_dir; return report.md's path."""
     results_dir = Path(study.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     rows = result_rows(study) + early_loss_rows(study)
     write_results_csv(rows, results_dir / "results.csv")
-    verdicts = gate_on_pretraining([verdict(claim, rows) for claim in paper_claims(language)])
-    write_rows(results_dir / "verdicts.csv", verdicts)
+    claims = claims_in_study(paper_claims(language), study)
+    verdicts = gate_on_pretraining([verdict(claim, rows) for claim in claims])
+    treatments = treatment_answers(gate_on_pretraining(treatment_verdicts(study, rows, language)))
+    if verdicts or treatments:
+        write_csv(results_dir / "verdicts.csv", verdicts + treatments)
     sections = [
         f"# Study {study.name}: {cell_counts(study)}",
         notes,
         "## Verdicts\n\nEffect = mean(first) − mean(second) over seeds (sign flipped where lower is better); "
-        "spread = its standard error. Reproduced: effect > 2 spreads.\n\n" + markdown_table(verdicts),
+        "spread = its standard error. Reproduced: effect > 2 spreads.\n\n" + dict_table(verdicts) if verdicts else "",
+        TREATMENTS_INTRO + dict_table(treatments) if treatments else "",
         "## Results (mean ± sd over pretraining seeds; `paper`: the paper's number for that row)",
         *table_sections(study, rows),
         "## Figures",
