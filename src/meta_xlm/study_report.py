@@ -4,7 +4,9 @@
   pretraining run's steps, tokens seen per language and wall time. Pretraining rows have task "pretrain",
   metric "perplexity" (final validation perplexity); gradient rows task "gradients", metric "cosine_<pair>".
 - report.md: per task and setting the paper's table layout (rows = models) with mean ± sd over seeds and the
-  paper's number beside it; the figures; a verdict per claim with its effect size and spread.
+  paper's number beside it; the figures; a verdict per claim with its effect size and spread (only the claims
+  whose rows the study has: the paper's, and for a treatments study whether any treatment beats the best
+  sampling temperature).
 """
 
 from __future__ import annotations
