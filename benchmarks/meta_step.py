@@ -11,13 +11,13 @@ and ‖β · higher-order‖ / ‖direct‖ (how much "meta" a meta step has).
 
 A plain step is what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one
 single-language masked-LM batch. A meta step is what it does with meta_learning=True (Algorithm 1): lookahead
-gradient of θ, meta objective over one validation batch per language (each as large as the training batch, the
-trainer's default), hypergradient of φ_i, AdamW on φ_i, then the plain step with the new φ_i. Every mode runs in
+gradient of θ, meta objective over one validation batch per language (the training batch shared out over the
+languages, the trainer's default), hypergradient of φ_i, AdamW on φ_i, then the plain step with the new φ_i. Every mode runs in
 its own subprocess (its peak memory is its own), modes are interleaved over `--rounds`, and medians of all timed
 steps after `--warmup` are reported as ratios to the plain step measured in the same run.
 
     .venv/bin/python benchmarks/meta_step.py                      # the issue's size (about 5 minutes on 2 cores)
-    .venv/bin/python benchmarks/meta_step.py --validation-batch 8   # meta objective over one batch's worth in all
+    .venv/bin/python benchmarks/meta_step.py --validation-batch 16  # one full training batch per language
     .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
 
 Peak memory: growth of the subprocess's peak resident set size (getrusage ru_maxrss) over its resident size just
@@ -62,6 +62,12 @@ def make_batch(language: int, args, generator, size: int | None = None):
     }
 
 
+def validation_batch(args) -> int:
+    """Validation examples per language: --validation-batch, or the trainer's default (the training batch shared
+    out over the languages, rounded up)."""
+    return args.validation_batch or -(-args.batch // len(LANGUAGES))
+
+
 def measure(mode: str, args) -> dict:
     """Runs in the subprocess: warm-up, then timed steps of one mode."""
     import torch
@@ -90,7 +96,7 @@ def measure(mode: str, args) -> dict:
     generator = torch.Generator().manual_seed(0)
     train_batches = [make_batch(step % 2, args, generator) for step in range(4)]
     val_batches = {
-        code: make_batch(k, args, generator, args.validation_batch) for k, code in enumerate(LANGUAGES)
+        code: make_batch(k, args, generator, validation_batch(args)) for k, code in enumerate(LANGUAGES)
     }
     val_num_items = {code: count_labels([b]) for code, b in val_batches.items()}
 
@@ -106,18 +112,19 @@ def measure(mode: str, args) -> dict:
             # Eq. 3: lookahead gradient of θ (the trainer uses the same functions through meta_step_gradients);
             # forward_difference also takes φ_i's gradient there, the base point of its one-sided difference.
             wrt = {**shared, **phi} if mode == "forward_difference" else shared
-            gradient, _ = train_gradient(model, [batch], wrt, num_items, [step])
-            at_theta = {name: gradient.pop(name) for name in phi} if mode == "forward_difference" else None
-            theta_prime = lookahead(shared, gradient, 1e-4)
-            del gradient
+            # exact: the lookahead's gradient keeps its graph for the higher-order term
+            train = train_gradient(model, [batch], wrt, num_items, [step], keep_graph=mode == "exact")
+            at_theta = {name: train.gradient.pop(name) for name in phi} if mode == "forward_difference" else None
+            theta_prime = lookahead(shared, train.gradient, 1e-4)
             marks.append(time.perf_counter())
             outer, direct, _ = meta_objective_gradients(model, val_batches, theta_prime, language, phi, val_num_items)
             del theta_prime
             marks.append(time.perf_counter())
             higher = mixed_hessian_vector_product(
                 model, [batch], shared, phi, outer, num_items, [step], mode, fd_epsilon=0.01,
-                gradient_at_theta=at_theta,
+                gradient_at_theta=at_theta, attached=train.attached,
             )
+            del train
             marks.append(time.perf_counter())
             for name, param in phi.items():  # Eq. 4, then φ_i's own AdamW
                 param.grad = direct[name] - 1e-4 * higher[name]
@@ -170,7 +177,7 @@ def accuracy_rows(size: str, threads: int):
     groups = trainable_parameter_groups(model)
     shared, phi = groups.shared, groups.languages["te"]
     num_items, beta = count_labels(train), 1e-4
-    gradient, _ = train_gradient(model, train, shared, num_items, [0])
+    gradient = train_gradient(model, train, shared, num_items, [0]).gradient
     outer, direct, _ = meta_objective_gradients(
         model, val, lookahead(shared, gradient, beta), "te", phi, {c: count_labels([b]) for c, b in val.items()}
     )
@@ -183,7 +190,7 @@ def accuracy_rows(size: str, threads: int):
         for precision in ("fp32", "bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 # forward_difference's base point ∇_{φ_i} L(θ), at the same precision (the lookahead's pass)
-                at_theta = train_gradient(model, train, phi, num_items, [0])[0] if method == "forward_difference" else None
+                at_theta = train_gradient(model, train, phi, num_items, [0]).gradient if method == "forward_difference" else None
                 term = flat(mixed_hessian_vector_product(
                     model, train, shared, phi, outer, num_items, [0], method, fd_epsilon=epsilon or 0.01,
                     gradient_at_theta=at_theta,
@@ -208,12 +215,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_arguments(parser, steps=5)
     parser.add_argument("--validation-batch", type=int, default=None,
-                        help="validation examples per language (default: --batch, the trainer's default; "
-                             "MetaXLMTrainingArguments.meta_validation_batch_size sets it in training)")
+                        help="validation examples per language (default: --batch / languages, rounded up, the "
+                             "trainer's default; MetaXLMTrainingArguments.meta_validation_batch_size sets it)")
     parser.add_argument("--accuracy", action="store_true", help="print the accuracy table instead of timing")
     parser.add_argument("--accuracy-sizes", default="tiny,paper", help=f"comma-separated, of {list(ACCURACY_SIZES)}")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {list(MODES)} (plain is always measured)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.modes = ["plain"] + [m for m in args.modes.split(",") if m != "plain"]
+    unknown = sorted(set(args.modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: {unknown} not in {list(MODES)}")
     args.passthrough = size_passthrough(args)
     if args.validation_batch is not None:
         args.passthrough.append(f"--validation-batch={args.validation_batch}")
@@ -228,9 +241,9 @@ def main():
     if args.accuracy:
         print_accuracy(args)
         return
-    collected = {mode: {"seconds": [], "peak_mib": [], "phases": {p: [] for p in PHASES}} for mode in MODES}
+    collected = {mode: {"seconds": [], "peak_mib": [], "phases": {p: [] for p in PHASES}} for mode in args.modes}
     for round_index in range(args.rounds):
-        for mode in MODES:
+        for mode in args.modes:
             print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
             result = run_worker(__file__, mode, args)
             collected[mode]["seconds"] += result["seconds"]
@@ -238,31 +251,31 @@ def main():
             for phase in PHASES:
                 collected[mode]["phases"][phase] += result["phases"][phase]
 
-    time_of = {mode: statistics.median(collected[mode]["seconds"]) for mode in MODES}
-    peak_of = {mode: max(collected[mode]["peak_mib"]) for mode in MODES}
+    time_of = {mode: statistics.median(collected[mode]["seconds"]) for mode in args.modes}
+    peak_of = {mode: max(collected[mode]["peak_mib"]) for mode in args.modes}
     print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
           f"FFN {args.ffn}, vocab {args.vocab}, {len(LANGUAGES)} languages (validation batch per language "
-          f"{args.validation_batch or args.batch}), {args.threads} threads, fp32, "
+          f"{validation_batch(args)}), {args.threads} threads, fp32, "
           f"median of {args.steps * args.rounds} steps")
     print(f"{'mode':<18} {'s/step':>8} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
-    for mode in MODES:
+    for mode in args.modes:
         print(f"{mode:<18} {time_of[mode]:>8.3f} {time_of[mode] / time_of['plain']:>8.2f} "
               f"{peak_of[mode]:>9.0f} {peak_of[mode] / peak_of['plain']:>8.2f}")
     print("\nbreakdown of a meta step (median seconds, in units of one plain step):")
     print(f"{'mode':<18} " + " ".join(f"{phase:>19}" for phase in PHASES))
-    for mode in MODES[1:]:
+    for mode in args.modes[1:]:
         cells = [statistics.median(collected[mode]["phases"][phase]) for phase in PHASES]
         print(f"{mode:<18} " + " ".join(f"{c:>8.3f} ({c / time_of['plain']:>5.2f}x)  " for c in cells))
     print()
-    default = "forward_over_reverse"
-    print(f"{default} (default) time / plain (target <= 4.5): {time_of[default] / time_of['plain']:.2f}")
-    print(f"{default} (default) peak / plain (target <= 2.0): {peak_of[default] / peak_of['plain']:.2f}")
-    print(f"finite_difference time / plain: {time_of['finite_difference'] / time_of['plain']:.2f}")
-    print(f"exact time / finite_difference: {time_of['exact'] / time_of['finite_difference']:.2f}")
-    print(f"forward_difference time / plain: {time_of['forward_difference'] / time_of['plain']:.2f}")
+    from meta_xlm.trainer import MetaXLMTrainingArguments
+
+    default = MetaXLMTrainingArguments.__dataclass_fields__["hypergradient"].default
+    if default in args.modes:
+        print(f"{default} (default) time / plain (target <= 4.5): {time_of[default] / time_of['plain']:.2f}")
+        print(f"{default} (default) peak / plain (target <= 2.0): {peak_of[default] / peak_of['plain']:.2f}")
     # The plain step runs in its own subprocesses and varies between them (0.48-0.62 s seen at the issue's size);
     # every meta step also contains a plain step (its θ step), timed in the same process: a second baseline.
-    for mode in ("forward_over_reverse", "finite_difference", "forward_difference"):
+    for mode in args.modes[1:]:
         theta_step = statistics.median(collected[mode]["phases"]["theta_step"])
         print(f"{mode} time / its own theta step (same process): {time_of[mode] / theta_step:.2f}")
 

@@ -47,7 +47,7 @@ def test_one_step_moves_phi_by_one_optimizer_step_on_meta_step_gradients(tmp_pat
     """φ_te after one trainer step == φ_te − α · meta_step_gradients(β = θ's learning rate, the same batches):
     SGD (so the step is linear in the hypergradient: a wrong β, a flipped sign or a dropped term shows), α ≠ β."""
     trainer = make_trainer(tmp_path, train=blocks({"te": 8}, seed=3), max_steps=1, per_device_train_batch_size=4,
-                           optim="sgd", learning_rate=0.05, meta_learning_rate=0.3, hypergradient="forward_over_reverse")
+                           optim="sgd", learning_rate=0.05, meta_learning_rate=0.3)
     reference = tiny_model()
     reference.load_state_dict(trainer.model.state_dict())
     before = language_params(trainer.model, "te")
@@ -55,7 +55,7 @@ def test_one_step_moves_phi_by_one_optimizer_step_on_meta_step_gradients(tmp_pat
     val_batches = trainer.meta_validation.batches(0)
     trainer.train()
     step = meta_step_gradients(reference, [first_batch], val_batches, "te", lookahead_lr=0.05,
-                               method="forward_over_reverse")
+                               method=trainer.args.hypergradient)  # the default
     assert isinstance(trainer.meta_optimizer, torch.optim.SGD)
     assert step.higher_order_ratio > 1e-3  # the higher-order term is visible in the comparison
     after = language_params(trainer.model, "te")

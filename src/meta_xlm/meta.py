@@ -8,12 +8,13 @@ Shared parameters θ, language-specific parameters φ = {φ_1..φ_L} (`parameter
     Eq. 8   [∇²_{φ_i,θ} L_train^i] g ≈ (∇_{φ_i} L_train^i(θ + εg) − ∇_{φ_i} L_train^i(θ − εg)) / (2ε),
             ε = fd_epsilon / ‖g‖                                     (`mixed_hessian_vector_product`)
 
-`method` picks the higher-order term: "forward_over_reverse" (exact, forward-mode AD of the φ_i gradient along g:
-accurate under bf16 autocast at the paper's size, the default), "finite_difference" (Eq. 8, the paper's choice:
+`method` picks the higher-order term: "exact" (the default; below), "forward_over_reverse" (exact, forward-mode AD
+of the φ_i gradient along g, recomputed per micro-batch: memory flat in accumulation steps), "finite_difference" (Eq. 8, the paper's choice:
 accurate on small models only, see `finite_difference_hvp`), "forward_difference" (Eq. 8 one-sided:
 (∇_{φ_i} L(θ + εg) − ∇_{φ_i} L(θ)) / ε, the second gradient taken for free in the lookahead's backward pass — one
-probe instead of two, error O(ε) instead of O(ε²)), "exact" (gradient of a gradient, reverse-over-reverse: the
-reference; about twice the memory) or "first_order" (dropped).
+probe instead of two, error O(ε) instead of O(ε²)), "exact" (gradient of a gradient, reverse-over-reverse of the
+lookahead's own θ-gradient, whose graph is kept across the meta objective: no pass is repeated, the fastest
+exact method, the memory of the kept graph) or "first_order" (dropped).
 
 Every function here is pure: parameters are never modified in place (the θ ± εg probes and θ' go through
 `torch.func.functional_call`), gradients are taken with `torch.autograd.grad` (`.grad` is never touched), and the
@@ -40,7 +41,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .modeling_meta_xlm import ParameterGroups, parameter_groups
 
-HYPERGRADIENT_METHODS = ("forward_over_reverse", "finite_difference", "forward_difference", "exact", "first_order")
+HYPERGRADIENT_METHODS = ("exact", "forward_over_reverse", "finite_difference", "forward_difference", "first_order")
+# exact by the lookahead's own graph: accurate in bf16 at the paper's size and the fastest exact method
+# (benchmarks/meta_step.py); forward_over_reverse holds one micro-batch at a time (memory flat in accumulation)
+DEFAULT_HYPERGRADIENT = "exact"
 
 Batch = Mapping[str, torch.Tensor]
 TensorDict = dict[str, torch.Tensor]
@@ -136,23 +140,40 @@ def lookahead(shared: Mapping[str, torch.Tensor], train_gradient: Mapping[str, t
     return {name: param.detach() - lookahead_lr * train_gradient[name] for name, param in shared.items()}
 
 
+@dataclass
+class TrainGradient:
+    """∇ L_train^i(θ, φ_i) over the micro-batches of one step. `gradient`: summed over micro-batches and processes,
+    detached. `attached`: this process's θ-gradient still attached to its graph (`keep_graph=True`), which the exact
+    higher-order term differentiates once more instead of recomputing it."""
+
+    gradient: TensorDict
+    loss: torch.Tensor
+    attached: TensorDict | None = None
+
+
 def train_gradient(
     model: nn.Module,
     train_batches: Sequence[Batch],
-    shared: Mapping[str, torch.Tensor],
+    wrt: Mapping[str, torch.Tensor],
     train_num_items: torch.Tensor | int,
     seeds: Sequence[int],
     all_reduce_sum: AllReduceSum | None = None,
-) -> tuple[TensorDict, torch.Tensor]:
-    """∇ L_train^i(θ, φ_i) w.r.t. the parameters in `shared` (θ, or θ and φ_i), summed over micro-batches (and
-    processes); returns (gradient, loss)."""
-    total, loss_sum = None, 0.0
+    keep_graph: bool = False,
+) -> TrainGradient:
+    """∇ L_train^i(θ, φ_i) w.r.t. the parameters in `wrt` (θ, or θ and φ_i), summed over micro-batches (and
+    processes). `keep_graph`: differentiable gradients (create_graph), kept for `attached_hvp`; SDPA's math kernel
+    then, as the CPU flash kernel has no double backward."""
+    attached, loss_sum = None, 0.0
     for batch, seed in zip(train_batches, seeds):
-        with dropout_seed(seed, batch["input_ids"].device):
+        kernel = sdpa_kernel(SDPBackend.MATH) if keep_graph else contextlib.nullcontext()
+        with dropout_seed(seed, batch["input_ids"].device), kernel:
             loss = model_loss(model, batch, train_num_items, overrides=None)
-        total = _add_(total, _grad(loss, shared))
+            grads = _grad(loss, wrt, create_graph=keep_graph)
+        # out of place: in-place sums of attached gradients would be recorded in (and lengthen) their graph
+        attached = grads if attached is None else {name: attached[name] + g for name, g in grads.items()}
         loss_sum = loss_sum + loss.detach()
-    return _all_reduce(total, all_reduce_sum), loss_sum
+    gradient = _all_reduce({name: g.detach() for name, g in attached.items()}, all_reduce_sum)
+    return TrainGradient(gradient, loss_sum, attached if keep_graph else None)
 
 
 def meta_objective_gradients(
@@ -207,10 +228,12 @@ def mixed_hessian_vector_product(
     fd_epsilon: float = 0.01,
     all_reduce_sum: AllReduceSum | None = None,
     gradient_at_theta: Mapping[str, torch.Tensor] | None = None,
+    attached: Mapping[str, torch.Tensor] | None = None,
 ) -> TensorDict:
     """[∇²_{φ_i,θ} L_train^i(θ, φ_i)] · v (the second term of Eq. 4 without −β), summed over micro-batches and
-    processes, by `method` (see `forward_over_reverse_hvp`, `finite_difference_hvp`, `double_backward_hvp`;
-    "first_order": zeros). "forward_difference" needs `gradient_at_theta` = ∇_{φ_i} L(θ), summed across processes.
+    processes, by `method` (see `forward_over_reverse_hvp`, `finite_difference_hvp`, `double_backward_hvp`,
+    `attached_hvp`; "first_order": zeros). "forward_difference" needs `gradient_at_theta` = ∇_{φ_i} L(θ), summed
+    across processes; "exact" differentiates `attached` (the lookahead's θ-gradient with its graph) when given.
     """
     check_method(method)
     if method == "first_order" or float(_norm(vector)) == 0.0:
@@ -219,7 +242,8 @@ def mixed_hessian_vector_product(
     if method == "forward_over_reverse":
         return _all_reduce(forward_over_reverse_hvp(*args), all_reduce_sum)
     if method == "exact":
-        return _all_reduce(double_backward_hvp(*args), all_reduce_sum)
+        local = attached_hvp(attached, language_params, vector) if attached else double_backward_hvp(*args)
+        return _all_reduce(local, all_reduce_sum)
     if method == "finite_difference":
         return _all_reduce(finite_difference_hvp(*args, fd_epsilon, central=True), all_reduce_sum)
     if gradient_at_theta is None:
@@ -285,6 +309,17 @@ def double_backward_hvp(
             inner = sum((theta_grads[name] * vector[name]).sum() for name in shared)
         total = _add_(total, _grad(inner, language_params))
     return total
+
+
+def attached_hvp(
+    attached: Mapping[str, torch.Tensor], language_params: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]
+) -> TensorDict:
+    """Exact [∇²_{φ_i,θ} L] · v = ∇_{φ_i} ⟨∇_θ L(θ, φ_i), v⟩, differentiating the lookahead's own θ-gradient
+    (`train_gradient(..., keep_graph=True)`): the forward and first backward pass are not repeated, which makes
+    this the cheapest exact method in time (benchmarks/meta_step.py). The graph is held from the lookahead to
+    here, across the meta objective, for every micro-batch of the step: memory grows with accumulation steps."""
+    inner = sum((attached[name] * vector[name].to(attached[name].dtype)).sum() for name in attached)
+    return _grad(inner, language_params)
 
 
 def finite_difference_hvp(
@@ -391,23 +426,28 @@ def meta_step_gradients(
     if seeds is None:
         seeds = [int(torch.randint(2**62, ())) for _ in train_batches]
 
-    # forward_difference: the lookahead's backward pass also yields ∇_{φ_i} L_train(θ), its base point.
+    # forward_difference: the lookahead's backward pass also yields ∇_{φ_i} L_train(θ), its base point;
+    # exact: the lookahead's θ-gradient keeps its graph, differentiated once more for the higher-order term.
     wrt = {**shared, **language_params} if method == "forward_difference" else shared
-    gradient, train_loss = train_gradient(model, train_batches, wrt, train_num_items, seeds, all_reduce_sum)
+    train = train_gradient(
+        model, train_batches, wrt, train_num_items, seeds, all_reduce_sum, keep_graph=method == "exact"
+    )
     gradient_at_theta = None
     if method == "forward_difference":
         # cloned: after an all-reduce these are views of one flat buffer the size of θ, freed once g is built
-        gradient_at_theta = {name: gradient.pop(name).clone() for name in language_params}
-    shared_lookahead = lookahead(shared, gradient, lookahead_lr)  # Eq. 3
-    del gradient
+        gradient_at_theta = {name: train.gradient.pop(name).clone() for name in language_params}
+    shared_lookahead = lookahead(shared, train.gradient, lookahead_lr)  # Eq. 3
+    train.gradient = None
     outer, direct, meta_loss = meta_objective_gradients(
         model, val_batches, shared_lookahead, language, language_params, val_num_items, all_reduce_sum
     )
     del shared_lookahead
     higher_order = mixed_hessian_vector_product(
         model, train_batches, shared, language_params, outer, train_num_items, seeds, method, fd_epsilon,
-        all_reduce_sum, gradient_at_theta,
+        all_reduce_sum, gradient_at_theta, train.attached,
     )
+    train_loss = train.loss
+    del train  # frees the attached graph
     # Eq. 4: ∇_{φ_i} M = ∂M/∂φ_i − β [∇²_{φ_i,θ} L_train^i] g
     hypergradient = {name: direct[name] - lookahead_lr * higher_order[name] for name in language_params}
     ratio = float(lookahead_lr * _norm(higher_order) / _norm(direct).clamp_min(torch.finfo(torch.float32).tiny))

@@ -32,6 +32,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.meta import DEFAULT_HYPERGRADIENT
 from meta_xlm.table_output import markdown_table
 from meta_xlm.tasks.records import check_metrics_record, load_metrics_records
 
@@ -215,7 +216,7 @@ def training_rows(
         # Algorithm 1: α defaults to the shared learning rate β, as in the paper.
         alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
         rows.append(("meta learning rate (α)", str(alpha)))
-        rows.append(("hypergradient", str(training_config.get("hypergradient", "forward_over_reverse"))))
+        rows.append(("hypergradient", str(training_config.get("hypergradient", DEFAULT_HYPERGRADIENT))))
         rows.append(("meta objective data", f"meta-validation split, {training_config.get('meta_validation_sentences')} "
                                             "sentences per language, disjoint from training and validation text"))
     if training_config.get("gradient_surgery"):

@@ -24,7 +24,7 @@ the Trainer's batch skipping on resume reproduces it.
 Validation batches for the meta objective are a deterministic function of (seed, language, global step):
 `meta_xlm.sampling.MetaValidationBatches` cycles through seeded permutations of each language's validation set, independent of
 the training sampler. Per language and device it takes `meta_validation_batch_size` examples (default: the
-training examples per device of one optimizer step); each rank takes its slice of the global validation batch
+training examples per device of one optimizer step divided by the number of languages, rounded up); each rank takes its slice of the global validation batch
 (so 2 processes × B equal 1 process × 2B), and collation runs under a
 forked RNG seeded from the same triple, so masking does not depend on (or disturb) the training RNG stream.
 
@@ -33,7 +33,7 @@ One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.met
 At the first micro-batch of the step, on the unwrapped model, over ALL micro-batches of the step (the Trainer
 prefetches them; a step that starts without them raises): lookahead θ' = θ − β ∇_θ L_train^i (β = current θ
 learning rate), meta objective over every language's meta-validation batch, hypergradient of φ_i (by default
-exact, forward-over-reverse); gradients are taken with `torch.autograd.grad`, every loss is sum(CE) / its global
+exact, by differentiating the lookahead's θ-gradient once more); gradients are taken with `torch.autograd.grad`, every loss is sum(CE) / its global
 label count and processes sum their shares, so the meta step equals one process over the global batch whatever
 `average_tokens_across_devices` says. φ_i is clipped (`max_grad_norm`) and updated by its own optimizer (the
 class `optim` / `optim_args` give, AdamW by default; rate α = `meta_learning_rate`, its own schedule of the same
@@ -57,6 +57,7 @@ Trainer then clips and steps as usual. GradVac's EMA targets are saved with each
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_optimizer import is_optimizer_factory
 
 from .meta import (
-    HYPERGRADIENT_METHODS, MetaStep, check_method, count_labels, meta_step_gradients, trainable_parameter_groups,
+    DEFAULT_HYPERGRADIENT, HYPERGRADIENT_METHODS, MetaStep, check_method, count_labels, meta_step_gradients, trainable_parameter_groups,
 )
 from .modeling_meta_xlm import ParameterGroups
 from .sampling import LanguageBalancedBatchSampler, LanguageBatchSampler, MetaValidationBatches, lang_ids_of
@@ -91,10 +92,12 @@ class MetaXLMTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "train language-specific parameters as meta-parameters (+meta adpt)"}
     )
     hypergradient: str = field(
-        default="forward_over_reverse",
-        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: exact by forward-mode AD (accurate in bf16 at any size) "
-                          "/ Eq. 8 central (the paper's; accurate on small models only) / Eq. 8 one-sided (one probe "
-                          "fewer, O(ε) error) / exact by double backward (about 2x memory) / higher-order term dropped"},
+        default=DEFAULT_HYPERGRADIENT,
+        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: exact by double backward through the lookahead's own "
+                          "graph (accurate in bf16 at any size; the fastest exact method; holds every micro-batch's "
+                          "graph of the step) / exact by forward-mode AD (one micro-batch at a time: memory flat in "
+                          "accumulation steps) / Eq. 8 central (the paper's; accurate on small models only) / Eq. 8 "
+                          "one-sided (one probe fewer, O(ε) error) / higher-order term dropped"},
     )
     meta_learning_rate: float | None = field(
         default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
@@ -103,7 +106,8 @@ class MetaXLMTrainingArguments(TrainingArguments):
     meta_validation_batch_size: int | None = field(
         default=None,
         metadata={"help": "validation examples per language per device in the meta objective; None = the "
-                          "training examples per device of one optimizer step (batch × accumulation)"},
+                          "training examples per device of one optimizer step (batch × accumulation) / number of "
+                          "languages, rounded up: the meta objective costs one training step's pass"},
     )
 
     gradient_surgery: str | None = field(
@@ -249,15 +253,18 @@ class MetaXLMTrainer(Trainer):
                 dataset = self._remove_unused_columns(dataset, description=f"meta validation ({code})")
             prepared[code] = dataset
         return MetaValidationBatches(
-            prepared, self.data_collator, self._meta_validation_batch_size(), self.args.seed,
+            prepared, self.data_collator, self._meta_validation_batch_size(len(prepared)), self.args.seed,
             self.args.world_size, self.args.process_index,
         )
 
-    def _meta_validation_batch_size(self) -> int:
+    def _meta_validation_batch_size(self, num_languages: int) -> int:
         if self.args.meta_validation_batch_size is not None:
             return self.args.meta_validation_batch_size
-        # As many validation examples per language as training examples per optimizer step (per device).
-        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        # One optimizer step's training examples (per device) shared out over the languages: the meta objective
+        # then costs one training step's forward/backward whatever the number of languages (one full batch per
+        # language would cost L of them: 1.9 plain steps instead of 1.0 at L = 2, benchmarks/meta_step.py).
+        step_examples = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        return max(1, math.ceil(step_examples / num_languages))
 
     def get_train_dataloader(self) -> DataLoader:
         if not self.meta_learning and self.language_sampling_probs is None and not self.language_balanced_steps:

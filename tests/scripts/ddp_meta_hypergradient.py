@@ -23,7 +23,7 @@ def rows(dataset, rank: int, world_size: int) -> dict[str, torch.Tensor]:
 
 def main(output_dir: str, average_tokens: bool) -> None:
     trainer = make_trainer(output_dir, per_device_train_batch_size=4, max_steps=1, learning_rate=0.5,
-                           hypergradient="forward_over_reverse", average_tokens_across_devices=average_tokens)
+                           average_tokens_across_devices=average_tokens)
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     rank, world_size = trainer.args.process_index, trainer.args.world_size
     train = blocks({"te": GLOBAL_BATCH}, seed=5)
