@@ -3,16 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+# Re-installs when pyproject.toml changes (a new dependency reaches existing environments too).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0" -e '.[test]'
+	touch $@
 
 .PHONY: setup demo test
-setup: $(BIN)/python
+setup: $(VENV)/.installed
 
 demo: setup
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(BIN)/python recipes/demo.py
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q --timeout 900
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 \
+	  $(BIN)/python -m pytest -q --timeout 900 -n 2 --dist loadfile

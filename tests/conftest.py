@@ -5,6 +5,8 @@ failure; elsewhere the test is skipped with a reason that says where the data co
 """
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,29 @@ def shared_data_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return shared_data_path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: each multi-process test rendezvous on its own port, so tests can run
+    side by side (`pytest -n 2`) without fighting over torch.distributed's default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch_command(num_processes: int) -> list[str]:
+    """`accelerate launch` on CPU processes (gloo for two or more), no mixed precision, no dynamo."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if num_processes > 1:
+        command += ["--multi_gpu", "--main_process_port", str(free_port())]
+    return command
+
+
+@pytest.fixture
+def accelerate_launch():
+    """accelerate_launch(n) -> the command prefix that launches a script on n CPU processes."""
+    return accelerate_launch_command
 
 
 @pytest.fixture(autouse=True)

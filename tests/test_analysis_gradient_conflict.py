@@ -245,12 +245,9 @@ def test_two_processes_measure_the_same_cosines_as_one_over_all_their_batches(tm
     """Under DDP each process accumulates its own batches and the gradients are averaged: 2 processes with
     one batch each (per language) must give the cosines of 1 process over both batches (float32 sums in
     another order: 1e-5)."""
-    import socket
+    from conftest import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_measure_on_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_measure_on_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
 
     torch.manual_seed(0)

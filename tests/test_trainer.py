@@ -181,13 +181,12 @@ def test_meta_learning_false_is_the_plain_trainer_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(tmp_path, accelerate_launch):
     """2 CPU processes (per-device batch 4) vs 1 process (batch 8) over the same global batches, 3 meta steps with
-    finite differences: ranks end bit-identical; vs one process within 1e-6 relative (float64 model, float32 loss;
+    the default (exact) hypergradient: ranks end bit-identical; vs one process within 1e-6 relative (float64 model, float32 loss;
     the all-reduce sums in another order)."""
     script = REPO / "tests" / "scripts" / "ddp_meta_train.py"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = accelerate_launch(2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], check=True, env=env, timeout=300)
     subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], check=True, env=env, timeout=300)

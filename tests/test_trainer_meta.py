@@ -132,12 +132,11 @@ def test_misuse_is_refused_at_construction(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("average_tokens", ["true", "false"])
-def test_two_process_hypergradient_equals_one_process(tmp_path, average_tokens):
+def test_two_process_hypergradient_equals_one_process(tmp_path, accelerate_launch, average_tokens):
     """2 gloo processes, each with half of a fixed global batch: hypergradient and logged meta loss equal one
     process over the whole batch, whatever average_tokens_across_devices says."""
     script = REPO / "tests" / "scripts" / "ddp_meta_hypergradient.py"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = accelerate_launch(2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     subprocess.run([*launch, str(script), str(tmp_path / "ddp"), average_tokens], check=True, env=env, timeout=300)
     subprocess.run([sys.executable, str(script), str(tmp_path / "single"), average_tokens], check=True, env=env,

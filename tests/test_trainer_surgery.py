@@ -177,13 +177,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process(tmp_path, accelerate_launch):
     """2 CPU processes (per-device batch 4) vs 1 process (batch 8) over the same global batches, 3 GradVac steps per
     layer with clipping: ranks end bit-identical (surgery on the all-reduced gradients); vs one process within 1e-6
     relative (the all-reduce sums in another order)."""
     script = REPO / "tests" / "scripts" / "ddp_surgery_train.py"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = accelerate_launch(2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     subprocess.run([*launch, str(script), str(tmp_path / "ddp"), "4"], check=True, env=env, timeout=300)
     train_and_save(str(tmp_path / "single"), 8)  # in this process: one interpreter start fewer

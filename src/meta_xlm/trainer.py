@@ -24,7 +24,8 @@ the Trainer's batch skipping on resume reproduces it.
 Validation batches for the meta objective are a deterministic function of (seed, language, global step):
 `meta_xlm.sampling.MetaValidationBatches` cycles through seeded permutations of each language's validation set, independent of
 the training sampler. Per language and device it takes `meta_validation_batch_size` examples (default: the
-training examples per device of one optimizer step divided by the number of languages, rounded up); each rank takes its slice of the global validation batch
+training examples per device of one optimizer step divided by the number of languages, rounded up: the same
+global batch under any number of processes when that division is exact — set it explicitly otherwise); each rank takes its slice of the global validation batch
 (so 2 processes × B equal 1 process × 2B), and collation runs under a
 forked RNG seeded from the same triple, so masking does not depend on (or disturb) the training RNG stream.
 

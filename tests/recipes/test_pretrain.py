@@ -16,28 +16,6 @@ from huggingface_hub import ModelCard
 RECIPE = REPO_ROOT / "recipes" / "pretrain.py"
 CONFIGS = REPO_ROOT / "recipes" / "configs"
 TINY_CONFIG = CONFIGS / "tiny_joint_pair.yaml"
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
-TWO_CPU_PROCESSES = [
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
-ONE_PROCESS = [
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
 # Resumed losses must equal the uninterrupted run's: same CPU kernels, same data order and RNG state.
 RESUME_TOLERANCE = 1e-6
 
@@ -108,10 +86,10 @@ def assert_finite_falling_loss(output_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [ONE_PROCESS, TWO_CPU_PROCESSES], ids=["1proc", "2proc_cpu"])
-def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, processes):
+@pytest.mark.parametrize("processes", [1, 2], ids=["1proc", "2proc_cpu"])
+def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, processes, accelerate_launch):
     output_dir = tmp_path / "out"
-    result = run([*LAUNCH, *processes, *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir))])
+    result = run([*accelerate_launch(processes), *recipe_args(shared_data, tmp_path, "--output_dir", str(output_dir))])
     assert result.returncode == 0, result.stderr[-5000:]
     assert_finite_falling_loss(output_dir)
     perplexities = json.loads((output_dir / "perplexity.json").read_text())
@@ -127,14 +105,13 @@ def test_accelerate_launch_trains_saves_and_reloads(shared_data, tmp_path, proce
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["tiny_joint_pair.yaml", "tiny_meta_adpt.yaml"])
-def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_data, tmp_path, config):
+def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_data, tmp_path, config, accelerate_launch):
     """Data order, sampler state, masks and both optimizers (θ's and, for +meta adpt, φ's) must resume."""
     steps = ["--max_steps", "80", "--save_steps", "10", "--logging_steps", "5", "--eval_strategy", "no"]
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     reference = run(
         [
-            *LAUNCH,
-            *ONE_PROCESS,
+            *accelerate_launch(1),
             *recipe_args(
                 shared_data, tmp_path, "--output_dir", str(reference_dir), *steps, config=CONFIGS / config
             ),
@@ -143,8 +120,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted_run(shared_d
     assert reference.returncode == 0, reference.stderr[-5000:]
 
     command = [
-        *LAUNCH,
-        *ONE_PROCESS,
+        *accelerate_launch(1),
         *recipe_args(shared_data, tmp_path, "--output_dir", str(killed_dir), *steps, config=CONFIGS / config),
     ]
     process = subprocess.Popen(

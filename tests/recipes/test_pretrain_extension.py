@@ -7,7 +7,7 @@ import datasets
 import pytest
 import torch
 from fixtures.tiny_checkpoint import read_lines
-from test_pretrain import LAUNCH, ONE_PROCESS, recipe_args, run
+from test_pretrain import recipe_args, run
 
 from meta_xlm import MetaXLMConfig, MetaXLMForMaskedLM
 from meta_xlm.data import train_shared_tokenizer
@@ -40,7 +40,7 @@ def eval_losses(output_dir, language: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path):
+def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path, accelerate_launch):
     base = make_en_te_model(tmp_path / "en_te", shared_data)
     one_file_each = [f"{code}={shared_data(*parts)}" for code, parts in {**EN_TE_TEXT, "kn": KN_TEXT}.items()]
     output_dir = tmp_path / "en_te_kn"
@@ -48,7 +48,7 @@ def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path):
               "te=100", "kn=400", "--validation_sentences", "60", "--max_steps", "40", "--learning_rate", "0.01", "--eval_on_start", "true",
               "--eval_steps", "40", "--save_strategy", "no", "--report_to", "none", "--output_dir", str(output_dir),
               "--corpus_files", *one_file_each]  # fmt: skip
-    result = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, *extend)])
+    result = run([*accelerate_launch(1), *recipe_args(shared_data, tmp_path, *extend)])
     assert result.returncode == 0, result.stderr[-4000:]
 
     extended = MetaXLMForMaskedLM.from_pretrained(output_dir).eval()
@@ -64,10 +64,10 @@ def test_extending_an_en_te_model_with_kn_trains_only_kn(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_extension_needs_the_models_languages_first(shared_data, tmp_path):
+def test_extension_needs_the_models_languages_first(shared_data, tmp_path, accelerate_launch):
     MetaXLMConfig(languages=["en", "te"]).save_pretrained(tmp_path / "en_te")  # checked before data or weights
     extend = ["--extend_model", str(tmp_path / "en_te"), "--languages", "te", "kn", "--max_steps", "1",
               "--output_dir", str(tmp_path / "out")]  # fmt: skip
-    result = run([*LAUNCH, *ONE_PROCESS, *recipe_args(shared_data, tmp_path, *extend)])
+    result = run([*accelerate_launch(1), *recipe_args(shared_data, tmp_path, *extend)])
     assert result.returncode != 0
     assert "must be the model's languages ['en', 'te'] followed by at least one new language" in result.stderr

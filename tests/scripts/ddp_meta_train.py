@@ -13,7 +13,10 @@ from meta_setup import make_trainer
 
 
 def main(output_dir: str, batch_size: int) -> None:
-    trainer = make_trainer(output_dir, max_steps=3, per_device_train_batch_size=batch_size, max_grad_norm=1.0)
+    # an explicit validation batch per device: the default (batch / 3 languages, rounded up) would give 2 processes
+    # × 2 examples against 1 process × 3; the per-device size must scale with the layout for the runs to agree
+    trainer = make_trainer(output_dir, max_steps=3, per_device_train_batch_size=batch_size, max_grad_norm=1.0,
+                           meta_validation_batch_size=batch_size)
     trainer.train()
     params = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     torch.save(params, Path(output_dir) / f"params_rank{trainer.args.process_index}.pt")
