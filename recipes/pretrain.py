@@ -219,6 +219,16 @@ def take_over_hub_publishing(training_args) -> dict | None:
     }
 
 
+def check_field_combinations(data_args, training_args) -> None:
+    """Rules across argument classes, checked before any work (also by recipes/study.py --check)."""
+    if training_args.meta_learning and data_args.meta_validation_sentences < 1:
+        raise SystemExit(
+            "error: meta_learning needs meta_validation_sentences >= 1 (got "
+            f"{data_args.meta_validation_sentences}): the meta objective reads its own held-out split, never the "
+            "validation text that perplexity is reported on"
+        )
+
+
 def main(argv: list[str]) -> None:
     data_args, tokenizer_args, model_args, extension_args, training_args = parse_config_and_args(
         ARGUMENT_CLASSES, argv
@@ -226,12 +236,7 @@ def main(argv: list[str]) -> None:
     if extension_args.extend_model:
         new_languages(extension_args, data_args.languages)
         tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
-    if training_args.meta_learning and data_args.meta_validation_sentences < 1:
-        raise SystemExit(
-            "error: meta_learning needs meta_validation_sentences >= 1 (got "
-            f"{data_args.meta_validation_sentences}): the meta objective reads its own held-out split, never the "
-            "validation text that perplexity is reported on"
-        )
+    check_field_combinations(data_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)

@@ -42,7 +42,8 @@ class StudyArguments:
 
 def check_pretrain_rows(study: StudySpec) -> None:
     """Parse every row's pretraining config (its YAML + overrides, first seed) with recipes/pretrain.py's own
-    argument classes, so a misspelt field or a bad value (e.g. gradient_surgery: foo) fails now, not hours in."""
+    argument classes and cross-field rules, so a misspelt field, a bad value (e.g. gradient_surgery: foo) or a
+    missing companion field (meta_learning without meta_validation_sentences) fails now, not hours in."""
     spec = importlib.util.spec_from_file_location("study_pretrain_recipe", RECIPES / "pretrain.py")
     pretrain = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
     spec.loader.exec_module(pretrain)  # registered first: its dataclasses look their module up
@@ -52,7 +53,10 @@ def check_pretrain_rows(study: StudySpec) -> None:
             config = pretrain_config(model, model.seeds[0], Path(folder) / model.name)
             path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             try:
-                parse_config_and_args(pretrain.ARGUMENT_CLASSES, ["--config", str(path)])
+                data_args, _, _, _, training_args = parse_config_and_args(
+                    pretrain.ARGUMENT_CLASSES, ["--config", str(path)]
+                )
+                pretrain.check_field_combinations(data_args, training_args)
             except (ValueError, SystemExit) as error:
                 raise ValueError(f"{study.name}: model {model.name!r}: {error}") from None
 

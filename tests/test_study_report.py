@@ -1,5 +1,7 @@
 """Verdicts of a study's claims from results rows (meta_xlm.study_report), and the study file's checks."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -196,3 +198,15 @@ def test_the_treatments_study_file_is_valid_and_a_bad_row_is_named(tmp_path):
     study.models[7].overrides = {"gradient_surgery": "foo"}
     with pytest.raises(ValueError, match=rf"model '{names[7]}'.*foo"):
         recipe.check_pretrain_rows(study)
+    study.models[7].overrides = {"language_modules": "adapters", "meta_learning": True}  # no meta split
+    with pytest.raises(ValueError, match=rf"model '{names[7]}'.*meta_validation_sentences"):
+        recipe.check_pretrain_rows(study)
+
+
+def test_every_study_file_passes_its_own_check():
+    """What `recipes/study.py --check true` runs: every row of every committed study parses, with the pretraining
+    recipe's cross-field rules (the +meta adpt rows once lacked their meta-validation split)."""
+    recipe = load_study_recipe()
+    for path in sorted(Path("recipes/configs/study").glob("*.yaml")):
+        if path.name != "small_pretrain.yaml":
+            recipe.check_pretrain_rows(load_study(path))
