@@ -4,6 +4,7 @@
 # steps — then the downstream check that matters: POS sw within-language, pretrained vs random init (same tokenizer
 # and architecture), 3 fine-tuning seeds each, on 2,000 and on 250 training sentences (pretraining should matter
 # most when labels are few). Resumable: finished runs are skipped. One thread per process (shares the cores).
+# Every setting is given on the command line: small_pretrain.yaml has since taken these values as its defaults.
 cd "$(dirname "$0")/../.."
 export PATH=$PWD/.venv/bin:$PATH PYTHONPATH=$PWD/src HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 root=runs/pilot5; mkdir -p $root
@@ -11,7 +12,7 @@ common=(--config recipes/configs/study/small_pretrain.yaml --vocab_size 2000 --m
         --per_device_train_batch_size 64)
 pre=$root/mask40_v2k_b64
 [ -f $pre/model.safetensors ] || python recipes/pretrain.py "${common[@]}" --output_dir $pre \
-   --resume_from_checkpoint latest --max_steps 3000 --save_steps 250 > $pre.log 2>&1
+   --resume_from_checkpoint latest --max_steps 3000 --save_steps 250 --eval_steps 250 > $pre.log 2>&1
 [ -f $root/random_init/model.safetensors ] || python recipes/pretrain.py "${common[@]}" --output_dir $root/random_init \
    --learning_rate 0 --max_steps 1 --warmup_steps 0 --eval_strategy no --save_strategy no \
    --tokenizer_name_or_path $pre/tokenizer > $root/random_init.log 2>&1

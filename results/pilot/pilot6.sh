@@ -12,7 +12,7 @@ pre=$root/mask40_v2k_b64_6k
 [ -f $pre/checkpoint-6000/trainer_state.json ] || python recipes/pretrain.py \
    --config recipes/configs/study/small_pretrain.yaml --vocab_size 2000 --mlm_probability 0.4 \
    --per_device_train_batch_size 64 --tokenizer_name_or_path $pre/tokenizer --output_dir $pre \
-   --resume_from_checkpoint latest --max_steps 6000 --save_steps 250 > $pre.log 2>&1 || exit 1
+   --resume_from_checkpoint latest --max_steps 6000 --save_steps 250 --eval_steps 250 > $pre.log 2>&1 || exit 1
 for examples in 2000 250; do
   for seed in 0 1 2; do
     out=$root/pos_sw_${examples}_mask40_v2k_b64_6k_seed$seed
