@@ -190,7 +190,7 @@ def test_the_treatments_study_file_is_valid_and_a_bad_row_is_named(tmp_path):
     study = load_study(TREATMENTS_STUDY)
     names = [model.name for model in study.models]
     assert {"temperature_1", "temperature_1.43", "temperature_5", "temperature_inf", "pcgrad_model",
-            "gradvac_layer", "adpt_pcgrad_layer", "adpt_gradvac_model", "loss_weights_en1_sw2"} <= set(names)  # fmt: skip
+            "gradvac_layer", "adpt_pcgrad_model", "adpt_gradvac_layer", "loss_weights_en1_sw2"} <= set(names)  # fmt: skip
     assert {model.config for model in study.models} == {"recipes/configs/study/small_pretrain.yaml"}
     assert study.tasks == load_study("recipes/configs/study/small_en_sw.yaml").tasks
     recipe = load_study_recipe()
@@ -201,6 +201,36 @@ def test_the_treatments_study_file_is_valid_and_a_bad_row_is_named(tmp_path):
     study.models[7].overrides = {"language_modules": "adapters", "meta_learning": True}  # no meta split
     with pytest.raises(ValueError, match=rf"model '{names[7]}'.*meta_validation_sentences"):
         recipe.check_pretrain_rows(study)
+
+
+def test_treatment_rows_named_after_small_en_sw_rows_share_their_cells():
+    """random_init, temperature_1.43 (runs: joint_pair) and adpt resolve to small_en_sw's folders and configurations
+    for every cell, so one run serves both studies (and editing one study file alone is caught here, not after
+    hours of running: a marker of another configuration is an error)."""
+    from meta_xlm.study import cell_config, cell_folder
+
+    treatments, paper = load_study(TREATMENTS_STUDY), load_study("recipes/configs/study/small_en_sw.yaml")
+    shared = {"random_init": "random_init", "temperature_1.43": "joint_pair", "adpt": "adpt"}
+    for name, paper_name in shared.items():
+        ours, theirs = treatments.model(name), paper.model(paper_name)
+        assert ours.seeds == theirs.seeds
+        for seed in ours.seeds:
+            for task in [None, *treatments.tasks]:
+                kind = "pretrain" if task is None else "finetune"
+                assert cell_folder(treatments, kind, ours, seed, task) == cell_folder(paper, kind, theirs, seed, task)
+                assert cell_config(treatments, kind, ours, seed, task) == cell_config(paper, kind, theirs, seed, task)
+    unshared = {m.run_name for m in treatments.models} - {m.run_name for m in paper.models}
+    assert unshared == {m.name for m in treatments.models if m.name not in shared}
+
+
+def test_two_rows_of_one_study_cannot_share_a_folder(tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en]\n")
+    models = [{"name": "a", "config": str(config), "seeds": [0]}, {"name": "b", "runs": "a", "config": str(config), "seeds": [0]}]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "runs_dir": "r", "results_dir": "o", "models": models, "tasks": []}))
+    with pytest.raises(ValueError, match=r"share a cell folder .*\['a', 'a'\]"):
+        load_study(path)
 
 
 def test_every_study_file_passes_its_own_check():

@@ -44,6 +44,14 @@ class ModelSpec:
     seeds: list[int]
     paper_row: str | None = None  # the paper's row name (meta_xlm.tasks.reference.MODELS), None: not in it
     overrides: dict = field(default_factory=dict)  # recipes/pretrain.py fields on top of `config`
+    # Folder of this row's cells under runs_dir (default: `name`). A row of another study file with the same
+    # runs_dir, folder and resolved configuration then shares its cells (a marker of another configuration is an
+    # error, never reused): e.g. the treatments study's temperature_1.43 row is small_en_sw's joint_pair.
+    runs: str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return self.runs or self.name
 
 
 @dataclass
@@ -100,6 +108,9 @@ def load_study(path: str | Path) -> StudySpec:
     names = [m.name for m in models]
     if not models or len(set(names)) != len(names):
         raise ValueError(f"{path}: models must be a non-empty list of distinct names, got {names}")
+    run_names = [m.run_name for m in models]
+    if len(set(run_names)) != len(run_names):
+        raise ValueError(f"{path}: two models share a cell folder (`runs` or name): {run_names}")
     for model in models:
         if not model.seeds or not Path(model.config).is_file():
             raise ValueError(f"{path}: model {model.name!r} needs seeds and an existing config (got {model.config!r})")
@@ -140,8 +151,8 @@ def run_recipe(script: str, config: dict, folder: Path, *extra: str) -> float:
     return time.time() - started
 
 
-def pretrain_folder(study: StudySpec, model: str, seed: int) -> Path:
-    return Path(study.runs_dir) / "pretrain" / model / f"seed{seed}"
+def pretrain_folder(study: StudySpec, run_name: str, seed: int) -> Path:
+    return Path(study.runs_dir) / "pretrain" / run_name / f"seed{seed}"
 
 
 def pretrain_config(model: ModelSpec, seed: int, folder: Path) -> dict:
@@ -156,7 +167,7 @@ def pretrain_config(model: ModelSpec, seed: int, folder: Path) -> dict:
 
 def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     """Pretrain (model, seed); an interrupted run resumes from its newest complete checkpoint."""
-    folder = pretrain_folder(study, model.name, seed)
+    folder = pretrain_folder(study, model.run_name, seed)
     config = pretrain_config(model, seed, folder)
     previous = folder / "study_cell.yaml"
     if previous.is_file() and yaml.safe_load(previous.read_text(encoding="utf-8")) != config:
@@ -195,8 +206,8 @@ def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
     return yaml.safe_load(lines[-1].split(marker, 1)[1])
 
 
-def finetune_folder(study: StudySpec, model: str, seed: int, task: TaskSpec) -> Path:
-    return Path(study.runs_dir) / "finetune" / model / f"seed{seed}" / task.name
+def finetune_folder(study: StudySpec, run_name: str, seed: int, task: TaskSpec) -> Path:
+    return Path(study.runs_dir) / "finetune" / run_name / f"seed{seed}" / task.name
 
 
 def finetune_config(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpec) -> dict:
@@ -207,16 +218,16 @@ def finetune_config(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpe
         "setting": task.setting,
         "train_language": task.train_language,
         "eval_languages": task.eval_languages,
-        "model_name_or_path": str(pretrain_folder(study, model.name, seed)),
-        "model_name": model.name,
-        "output_dir": str(finetune_folder(study, model.name, seed, task)),
+        "model_name_or_path": str(pretrain_folder(study, model.run_name, seed)),
+        "model_name": model.run_name,
+        "output_dir": str(finetune_folder(study, model.run_name, seed, task)),
         "seed": study.finetune_seed,
     }
 
 
 def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpec) -> dict:
     """Fine-tune the (model, seed) pretraining run on one task setting; a half-done cell starts over."""
-    folder = finetune_folder(study, model.name, seed, task)
+    folder = finetune_folder(study, model.run_name, seed, task)
     shutil.rmtree(folder, ignore_errors=True)
     config = finetune_config(study, model, seed, task)
     wall = run_recipe("finetune.py", config, folder)
@@ -231,22 +242,22 @@ def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskS
     }
 
 
-def gradients_folder(study: StudySpec, model: str, seed: int) -> Path:
-    return Path(study.runs_dir) / "gradients" / model / f"seed{seed}"
+def gradients_folder(study: StudySpec, run_name: str, seed: int) -> Path:
+    return Path(study.runs_dir) / "gradients" / run_name / f"seed{seed}"
 
 
 def gradients_config(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     settings = {key: value for key, value in study.gradients.items() if key != "models"}
     return {
         **settings,
-        "run_dir": str(pretrain_folder(study, model.name, seed)),
-        "output_dir": str(gradients_folder(study, model.name, seed)),
+        "run_dir": str(pretrain_folder(study, model.run_name, seed)),
+        "output_dir": str(gradients_folder(study, model.run_name, seed)),
     }
 
 
 def run_gradients_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     """Fig. 3: gradient cosine (pairs and the same-language baseline) over the run's checkpoints."""
-    folder = gradients_folder(study, model.name, seed)
+    folder = gradients_folder(study, model.run_name, seed)
     shutil.rmtree(folder, ignore_errors=True)
     config = gradients_config(study, model, seed)
     wall = run_recipe("analyze_gradients.py", config, folder)
@@ -274,15 +285,15 @@ def cells(study: StudySpec, only_models: list[str] | None = None):
 
 def cell_folder(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> Path:
     if kind == "pretrain":
-        return pretrain_folder(study, model.name, seed)
+        return pretrain_folder(study, model.run_name, seed)
     if kind == "finetune":
-        return finetune_folder(study, model.name, seed, task)
-    return gradients_folder(study, model.name, seed)
+        return finetune_folder(study, model.run_name, seed, task)
+    return gradients_folder(study, model.run_name, seed)
 
 
 def cell_config(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> dict:
     if kind == "pretrain":
-        return pretrain_config(model, seed, pretrain_folder(study, model.name, seed))
+        return pretrain_config(model, seed, pretrain_folder(study, model.run_name, seed))
     if kind == "finetune":
         return finetune_config(study, model, seed, task)
     return gradients_config(study, model, seed)

@@ -43,7 +43,7 @@ def result_rows(study: StudySpec) -> list[dict]:
     rows = []
     for model in study.models:
         for seed in model.seeds:
-            pretrain = read_marker(pretrain_folder(study, model.name, seed))
+            pretrain = read_marker(pretrain_folder(study, model.run_name, seed))
             if pretrain is None:
                 continue
             common = {
@@ -58,11 +58,11 @@ def result_rows(study: StudySpec) -> list[dict]:
                 rows.append({**common, "task": "pretrain", "setting": "", "language": language,
                              "metric": "perplexity", "value": value})  # fmt: skip
             for task in study.tasks:
-                cell = read_marker(finetune_folder(study, model.name, seed, task))
+                cell = read_marker(finetune_folder(study, model.run_name, seed, task))
                 for language, scores in (cell or {}).get("scores", {}).items():
                     rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
                                  "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
-            gradients = read_marker(gradients_folder(study, model.name, seed))
+            gradients = read_marker(gradients_folder(study, model.run_name, seed))
             for row in (gradients or {}).get("rows", []):
                 if row["segment"] == "all":
                     rows.append({**common, "task": "gradients", "setting": f"step {row['step']}",
@@ -329,7 +329,7 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int,
 
 def complete_histories(study: StudySpec, model: str) -> list[list[dict]]:
     seeds = study.model(model).seeds
-    folders = [pretrain_folder(study, model, seed) for seed in seeds]
+    folders = [pretrain_folder(study, study.model(model).run_name, seed) for seed in seeds]
     return [read_log_history(folder) for folder in folders if read_marker(folder) is not None]
 
 
@@ -357,7 +357,8 @@ def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
         lines.append(figure(curves, results_dir, f"fig2_perplexity_{language}", title, "perplexity", log_y=True))
     curves = {}
     for model in study.gradients.get("models", []):
-        markers = [read_marker(gradients_folder(study, model, seed)) for seed in study.model(model).seeds]
+        spec = study.model(model)
+        markers = [read_marker(gradients_folder(study, spec.run_name, seed)) for seed in spec.seeds]
         per_pair = defaultdict(list)
         for marker in filter(None, markers):
             for pair in {row["pair"] for row in marker["rows"]}:
@@ -380,7 +381,7 @@ def early_loss_rows(study: StudySpec) -> list[dict]:
     rows = []
     for model in study.models:
         for seed in model.seeds:
-            folder = pretrain_folder(study, model.name, seed)
+            folder = pretrain_folder(study, model.run_name, seed)
             marker = read_marker(folder)
             value = early_loss(read_log_history(folder), max_step) if marker and max_step else None
             if value is not None:
@@ -407,10 +408,10 @@ def cell_counts(study: StudySpec) -> str:
     done = total = 0
     for model in study.models:
         for seed in model.seeds:
-            folders = [pretrain_folder(study, model.name, seed)]
-            folders += [finetune_folder(study, model.name, seed, task) for task in study.tasks]
+            folders = [pretrain_folder(study, model.run_name, seed)]
+            folders += [finetune_folder(study, model.run_name, seed, task) for task in study.tasks]
             if model.name in study.gradients.get("models", []):
-                folders.append(gradients_folder(study, model.name, seed))
+                folders.append(gradients_folder(study, model.run_name, seed))
             total += len(folders)
             done += sum(read_marker(folder) is not None for folder in folders)
     return f"{done} of {total} cells complete"
