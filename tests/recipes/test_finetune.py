@@ -157,6 +157,38 @@ def test_nli_xnli_zero_shot(checkpoint, runs):
     )
     assert record["selection"]["best"]["classifier_learning_rate"] == 1e-3
     assert 0 <= record["scores"]["sw"]["accuracy"] <= 100
+    # the English training data is the XNLI en dev file: selection on 10% of it held out, not on itself
+    assert (record["data"]["train"]["examples"], record["data"]["dev"]["examples"]) == (21, 3)
+    assert any("held out" in note for note in record["notes"]), record["notes"]
+
+
+def test_selection_never_runs_on_a_test_file(checkpoint):
+    """PAN-X sw has no labelled test set (its dev file is scored): within-language selection must run on training
+    examples held out instead, disjoint from those trained on; MasakhaPOS sw keeps its own dev file."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from meta_xlm.tasks.finetuning import FinetuneArguments, label_list, load_examples, load_task_data, selection_data
+    from meta_xlm.tasks.loaders import DataReport
+
+    tokenizer, config = AutoTokenizer.from_pretrained(checkpoint), AutoConfig.from_pretrained(checkpoint)
+
+    def split(task: str):
+        args = FinetuneArguments(task=task, model_name_or_path=str(checkpoint), setting="within", train_language="sw",
+                                 data_dir=str(shared_data_path()), max_train_examples=50, max_eval_examples=20)  # fmt: skip
+        examples, source = load_examples(args, "sw", "train", DataReport())
+        labels = label_list(args, examples)
+        test = load_task_data(args, "sw", "test", tokenizer, labels, config)
+        train, dev = selection_data(args, examples, source, DataReport(), tokenizer, labels, config, {test.source})
+        return examples, test, train, dev
+
+    examples, test, train, dev = split("ner")
+    assert test.source.endswith("dev-sw.tsv.gz") and dev.source == train.source == test.source.replace("dev-", "train-")
+    assert (len(train.examples), len(dev.examples)) == (45, 5) and train.report.counts["examples_held_out_for_selection"] == 5
+    as_text = lambda data: [" ".join(tokens) for tokens in data["tokens"]]  # noqa: E731
+    assert sorted(as_text(train.examples) + as_text(dev.examples)) == sorted(as_text(examples))
+    assert "held out" in dev.note and len(dev.features) == 5
+    _, test, train, dev = split("pos")
+    assert dev.source.endswith("masakhapos_swa/dev.txt.gz") and dev.note is None and len(train.examples) == 50
 
 
 def test_results_table_renders_every_run(runs, tmp_path):

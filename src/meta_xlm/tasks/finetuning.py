@@ -5,7 +5,10 @@
   learning rate {1e-6, 5e-6, 2e-5} x classifier learning rate {5e-6, 2e-5, 5e-5}.
 - Model selection on the English dev set (zero-shot: fine-tune on English, test on the other languages) or
   on the target language's dev set (within-language: fine-tune and test on one language), over every grid
-  point and every epoch (a checkpoint is saved after each epoch).
+  point and every epoch (a checkpoint is saved after each epoch). Where the dev file is also the training file or
+  a scored test file (PAN-X and XNLI, whose test labels are missing here, and TyDiQA-GoldP, which has no test
+  set), selection runs on training examples held out instead (`selection_holdout_fraction`): selecting on the
+  test set would report the best of several test scores.
 - The whole network is fine-tuned, language-specific modules included. `freeze_language_modules=True` fine-tunes
   the X-MOD way instead (Pfeiffer et al., 2022): embeddings and every language-specific module frozen, trained
   through train_language's modules, each test language run through its own.
@@ -124,6 +127,14 @@ class FinetuneArguments:
     classifier_learning_rates: list[float] = field(default_factory=list, metadata={"help": "XNLI grid"})
     max_grid_points: int | None = field(default=None, metadata={"help": "keep the first N grid points"})
     max_train_examples: int | None = field(default=None)
+    selection_holdout_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "when the dev file is also the training file or a scored test file (PAN-X, TyDiQA-GoldP, "
+            "XNLI in ../shared/data), select on this fraction of the training examples, held out from training "
+            "(the same split for every model); 0: select on the dev file anyway"
+        },
+    )
     max_eval_examples: int | None = field(default=None, metadata={"help": "per dev/test set"})
     max_seq_length: int = field(
         default=128, metadata={"help": "tokens per example (QA window: max_qa_length)"}
@@ -211,6 +222,7 @@ class TaskData:
     examples: datasets.Dataset
     features: datasets.Dataset
     report: DataReport
+    note: str | None = None  # how this split was made, when it is not the file's own (metrics "notes")
 
 
 def data_files(args: FinetuneArguments) -> dict[tuple[str, str], str]:
@@ -306,9 +318,42 @@ def load_task_data(
     report = DataReport()
     examples, source = load_examples(args, language, split, report)
     labels = labels if labels is not None else label_list(args, examples)
+    return task_data(args, language, split, source, examples, report, tokenizer, labels, model_config)
+
+
+def task_data(
+    args: FinetuneArguments, language: str, split: str, source: str, examples: datasets.Dataset,
+    report: DataReport, tokenizer, labels: list[str], model_config, note: str | None = None,
+) -> TaskData:
+    """Model features of a split's examples (training features for "train", evaluation features otherwise)."""
     lang_id = language_index(model_config, language, args.fallback_language)
     features = build_features(args, examples, tokenizer, labels, lang_id, split == "train", report)
-    return TaskData(language, split, source, examples, features, report)
+    return TaskData(language, split, source, examples, features, report, note)
+
+
+HOLDOUT_SEED = 0  # one held-out split for every model and fine-tuning seed: their selections stay comparable
+
+
+def selection_data(
+    args: FinetuneArguments, examples: datasets.Dataset, source: str, report: DataReport, tokenizer,
+    labels: list[str], model_config, test_sources: set[str],
+) -> tuple[TaskData, TaskData]:
+    """(training data, selection data) of the training language from its training `examples` (read from `source`).
+    Selection runs on the language's dev file unless that file is also the training file or a scored test file;
+    then on `selection_holdout_fraction` of the training examples, held out from training."""
+    dev = load_task_data(args, args.train_language, "dev", tokenizer, labels, model_config)
+    if args.selection_holdout_fraction > 0 and dev.source in {source, *test_sources}:
+        parts = examples.train_test_split(test_size=args.selection_holdout_fraction, seed=HOLDOUT_SEED)
+        examples = parts["train"]
+        report.add("examples_held_out_for_selection", len(parts["test"]))
+        note = (
+            f"model selection on {len(parts['test'])} training examples held out from {Path(source).name}, not "
+            f"on {Path(dev.source).name}: that file is also the training data or a test set here"
+        )
+        dev = task_data(args, args.train_language, "dev", source, parts["test"], DataReport(), tokenizer, labels,
+                        model_config, note)  # fmt: skip
+    train = task_data(args, args.train_language, "train", source, examples, report, tokenizer, labels, model_config)
+    return train, dev
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -523,14 +568,18 @@ def run_finetuning(
         raise ValueError("fine-tuning needs a fast tokenizer (word_ids and offset mappings)")
     for language in [args.train_language, *evaluation_languages(args)]:
         language_index(model_config, language, args.fallback_language)  # fail before any data is read
-    dev_language = args.train_language  # zero-shot: the English dev set; within: the target dev set
-    train = load_task_data(args, args.train_language, "train", tokenizer, None, model_config)
-    labels = label_list(args, train.examples)
-    dev = load_task_data(args, dev_language, "dev", tokenizer, labels, model_config)
+    # selection in the training language: zero-shot the English dev set, within-language the target's
+    train_report = DataReport()
+    train_examples, train_source = load_examples(args, args.train_language, "train", train_report)
+    labels = label_list(args, train_examples)
     tests = {
         language: load_task_data(args, language, "test", tokenizer, labels, model_config)
         for language in evaluation_languages(args)
     }
+    test_sources = {test.source for test in tests.values()}
+    train, dev = selection_data(
+        args, train_examples, train_source, train_report, tokenizer, labels, model_config, test_sources
+    )
     results = [
         train_grid_point(args, training_args, grid_point, train, dev, labels, tokenizer)
         for grid_point in hyperparameter_grid(args)
@@ -547,7 +596,7 @@ def run_finetuning(
 def metrics_record(args, labels, train, dev, tests, results, best, scores) -> dict:
     """The metrics file's content: scores per eval language + avg, the selection, the data actually used."""
     notes = sorted(
-        {note for data in [train, dev, *tests.values()] if (note := split_note(args.task, data.split))}
+        {note for data in [train, dev, *tests.values()] if (note := data.note or split_note(args.task, data.split))}
     )
     return {
         "task": args.task,
