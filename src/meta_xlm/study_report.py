@@ -212,9 +212,11 @@ def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
 
 
 def claims_in_study(claims: Sequence[Claim], study: StudySpec) -> list[Claim]:
-    """The claims whose two rows are both grid rows of the study (another study's claims would only clutter)."""
+    """The claims whose two rows are both grid rows of the study and whose measure the study takes (fine-tuning
+    tasks, Fig. 3's gradients, perplexity): another study's claims would only clutter."""
     names = {model.name for model in study.models}
-    return [claim for claim in claims if claim.better in names and claim.worse in names]
+    measured = {"pretrain", *(task.task for task in study.tasks), *(["gradients"] if study.gradients else [])}
+    return [claim for claim in claims if claim.better in names and claim.worse in names and claim.task in measured]
 
 
 # Beyond the paper (small_en_sw_treatments.yaml): rows are grouped by the name prefixes of that study file.
