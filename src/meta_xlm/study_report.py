@@ -173,6 +173,7 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
     for task in ("pos", "ner"):
         claims += [
             Claim(PRETRAINING_HELPS, "joint_pair", "random_init", task, "within", language, "f1"),
+            Claim(PRETRAINING_HELPS, "joint_pair", "random_init", task, "zero_shot", language, "f1"),
             Claim("Mono > JointPair within-language", f"mono_{language}", "joint_pair", task, "within", language, "f1"),
             Claim("+ffn recovers within-language", "ffn", "joint_pair", task, "within", language, "f1"),
             Claim("+ffn collapses zero-shot", "joint_pair", "ffn", task, "zero_shot", language, "f1"),
@@ -196,17 +197,18 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
 
 
 def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
-    """A downstream claim says nothing while pretrained models do not beat random init on that task: its verdict
-    becomes inconclusive (with the reason) unless "pretraining helps at all" is reproduced for the task."""
-    helped = {v["measure"].split()[0] for v in verdicts if v["claim"] == PRETRAINING_HELPS and
+    """A downstream claim says nothing while pretrained models do not beat random init on that task and setting
+    (zero-shot transfer can be absent where within-language fine-tuning gains): its verdict becomes inconclusive
+    (with the reason) unless "pretraining helps at all" is reproduced for the same task and setting."""
+    helped = {tuple(v["measure"].split()[:2]) for v in verdicts if v["claim"] == PRETRAINING_HELPS and
               v["verdict"] == "reproduced"}  # fmt: skip
     gated = []
     for entry in verdicts:
-        task = entry["measure"].split()[0]
-        downstream = task in ("pos", "ner") and entry["claim"] != PRETRAINING_HELPS
-        if downstream and task not in helped and entry["verdict"] != "not yet run":
-            entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on {task} "
-                                         f"(would be: {entry['verdict']})"}  # fmt: skip
+        task_setting = tuple(entry["measure"].split()[:2])
+        downstream = task_setting[0] in ("pos", "ner") and entry["claim"] != PRETRAINING_HELPS
+        if downstream and task_setting not in helped and entry["verdict"] != "not yet run":
+            entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on "
+                                         f"{' '.join(task_setting)} (would be: {entry['verdict']})"}  # fmt: skip
         gated.append(entry)
     return gated
 
