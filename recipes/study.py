@@ -59,6 +59,19 @@ def check_pretrain_rows(study: StudySpec) -> None:
                 pretrain.check_field_combinations(data_args, training_args)
             except (ValueError, SystemExit) as error:
                 raise ValueError(f"{study.name}: model {model.name!r}: {error}") from None
+            check_task_languages(study, model, data_args.languages)
+
+
+def check_task_languages(study: StudySpec, model, languages: list[str]) -> None:
+    """Every task the row fine-tunes on must be in languages the model was pretrained on (a Mono-sw model has no
+    English modules or vocabulary for an en -> sw zero-shot task): name the row's `tasks` instead."""
+    for task in filter(model.fine_tunes, study.tasks):
+        missing = sorted({task.train_language, *task.eval_languages} - set(languages))
+        if missing:
+            raise ValueError(
+                f"{study.name}: model {model.name!r} is pretrained on {languages}, task {task.name!r} needs {missing}: "
+                "list the tasks it can run as the row's `tasks`"
+            )
 
 
 def main(argv: list[str]) -> None:

@@ -240,6 +240,33 @@ def test_two_rows_of_one_study_cannot_share_a_folder(tmp_path):
         load_study(path)
 
 
+def test_a_row_fine_tunes_only_its_tasks_and_only_in_its_languages(tmp_path):
+    """A Mono-sw row lists its within-language tasks; an unknown task name, or a task in a language the row was
+    not pretrained on, is an error at load / --check time (it used to fail hours in, at the fine-tuning cell)."""
+    from meta_xlm.study import cells
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, sw]\n")
+    tasks = [{"task": "pos", "setting": "within", "train_language": "sw", "eval_languages": ["sw"]},
+             {"task": "pos", "setting": "zero_shot", "train_language": "en", "eval_languages": ["sw"]}]
+    models = [{"name": "mono_sw", "config": str(config), "seeds": [0], "overrides": {"languages": ["sw"]},
+               "tasks": ["pos_within_sw"]}]  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "runs_dir": "r", "results_dir": "o", "models": models, "tasks": tasks}))
+    study = load_study(path)
+    assert [(kind, task.name if task else None) for kind, _, _, task in cells(study)] == [
+        ("pretrain", None), ("finetune", "pos_within_sw")]
+    recipe = load_study_recipe()
+    recipe.check_task_languages(study, study.models[0], ["sw"])
+    study.models[0].tasks = None  # every task, the zero-shot one from English included
+    with pytest.raises(ValueError, match=r"'mono_sw' is pretrained on \['sw'\], task 'pos_zero_shot_en' needs \['en'\]"):
+        recipe.check_task_languages(study, study.models[0], ["sw"])
+    models[0]["tasks"] = ["pos_within_te"]
+    path.write_text(yaml.safe_dump({"name": "s", "runs_dir": "r", "results_dir": "o", "models": models, "tasks": tasks}))
+    with pytest.raises(ValueError, match=r"'mono_sw': tasks \['pos_within_te'\] are not in the study's tasks"):
+        load_study(path)
+
+
 def test_every_study_file_passes_its_own_check():
     """What `recipes/study.py --check true` runs: every row of every committed study parses, with the pretraining
     recipe's cross-field rules (the +meta adpt rows once lacked their meta-validation split)."""

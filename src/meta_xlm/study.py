@@ -48,10 +48,16 @@ class ModelSpec:
     # runs_dir, folder and resolved configuration then shares its cells (a marker of another configuration is an
     # error, never reused): e.g. the treatments study's temperature_1.43 row is small_en_sw's joint_pair.
     runs: str | None = None
+    # names of the study's tasks this row is fine-tuned on (default: all); a Mono row has no zero-shot source
+    # language, and a row whose languages cover no task is a pretraining-only row (tasks: [])
+    tasks: list[str] | None = None
 
     @property
     def run_name(self) -> str:
         return self.runs or self.name
+
+    def fine_tunes(self, task: "TaskSpec") -> bool:
+        return self.tasks is None or task.name in self.tasks
 
 
 @dataclass
@@ -116,6 +122,11 @@ def load_study(path: str | Path) -> StudySpec:
             raise ValueError(f"{path}: model {model.name!r} needs seeds and an existing config (got {model.config!r})")
     for name in [*study.gradients.get("models", []), *study.figures.get("loss_models", [])]:
         study.model(name)
+    task_names = [task.name for task in tasks]
+    for model in models:
+        unknown = sorted(set(model.tasks or []) - set(task_names))
+        if unknown:
+            raise ValueError(f"{path}: model {model.name!r}: tasks {unknown} are not in the study's tasks {task_names}")
     return study
 
 
@@ -277,7 +288,7 @@ def cells(study: StudySpec, only_models: list[str] | None = None):
                 continue
             seed = model.seeds[index]
             yield ("pretrain", model, seed, None)
-            for task in study.tasks:
+            for task in filter(model.fine_tunes, study.tasks):
                 yield ("finetune", model, seed, task)
             if model.name in gradient_models:
                 yield ("gradients", model, seed, None)

@@ -57,7 +57,7 @@ def result_rows(study: StudySpec) -> list[dict]:
             for language, value in pretrain["perplexity"].items():
                 rows.append({**common, "task": "pretrain", "setting": "", "language": language,
                              "metric": "perplexity", "value": value})  # fmt: skip
-            for task in study.tasks:
+            for task in filter(model.fine_tunes, study.tasks):
                 cell = read_marker(finetune_folder(study, model.run_name, seed, task))
                 for language, scores in (cell or {}).get("scores", {}).items():
                     rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
@@ -413,7 +413,7 @@ def cell_counts(study: StudySpec) -> str:
     for model in study.models:
         for seed in model.seeds:
             folders = [pretrain_folder(study, model.run_name, seed)]
-            folders += [finetune_folder(study, model.run_name, seed, task) for task in study.tasks]
+            folders += [finetune_folder(study, model.run_name, seed, task) for task in filter(model.fine_tunes, study.tasks)]
             if model.name in study.gradients.get("models", []):
                 folders.append(gradients_folder(study, model.run_name, seed))
             total += len(folders)
