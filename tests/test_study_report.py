@@ -109,13 +109,16 @@ def test_downstream_verdicts_wait_for_pretraining_to_beat_random_init():
 TREATMENTS_STUDY = "recipes/configs/study/small_en_sw_treatments.yaml"
 
 
-def treatment_study(tmp_path, names: list[str], tasks: tuple[str, ...] = ()):
+ALL_SETTINGS = (("pos", "within"), ("pos", "zero_shot"), ("ner", "within"), ("ner", "zero_shot"))
+
+
+def treatment_study(tmp_path, names: list[str], tasks: tuple[tuple[str, str], ...] = ALL_SETTINGS):
     config = tmp_path / "pretrain.yaml"
     config.write_text("languages: [en, sw]\n")
     values = {"name": "t", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
               "models": [{"name": name, "config": str(config), "seeds": [0, 1, 2]} for name in names],
-              "tasks": [{"task": task, "setting": "within", "train_language": "sw", "eval_languages": ["sw"]}
-                        for task in tasks]}  # fmt: skip
+              "tasks": [{"task": task, "setting": setting, "train_language": "sw" if setting == "within" else "en",
+                         "eval_languages": ["sw"]} for task, setting in tasks]}  # fmt: skip
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(values))
     return load_study(path)
@@ -175,7 +178,7 @@ def test_a_study_shows_only_the_claims_it_has_rows_for(tmp_path):
     treatments = build_study_report(treatment_study(tmp_path, NAMES)).read_text(encoding="utf-8")
     assert "Does any treatment beat the tuned-temperature baseline" in treatments
     assert "## Verdicts" not in treatments and "Mono > JointPair" not in treatments  # small_en_sw's claims
-    paper = build_study_report(treatment_study(tmp_path, ["joint_pair", "random_init", "mono_sw"], ("pos",)))
+    paper = build_study_report(treatment_study(tmp_path, ["joint_pair", "random_init", "mono_sw"], (("pos", "within"),)))
     text = paper.read_text(encoding="utf-8")
     assert "Mono > JointPair within-language" in text and "+meta adpt" not in text and "treatment" not in text
     assert "| pos within f1 |" in text and "ner within f1" not in text and "gradients cosine" not in text  # not measured
