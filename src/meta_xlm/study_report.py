@@ -200,16 +200,19 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
 def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
     """A downstream claim says nothing while pretrained models do not beat random init on that task and setting
     (zero-shot transfer can be absent where within-language fine-tuning gains): its verdict becomes inconclusive
-    (with the reason) unless "pretraining helps at all" is reproduced for the same task and setting."""
-    helped = {tuple(v["measure"].split()[:2]) for v in verdicts if v["claim"] == PRETRAINING_HELPS and
-              v["verdict"] == "reproduced"}  # fmt: skip
+    (with the reason) unless "pretraining helps at all" is reproduced for the same task and setting. The reason
+    tells "shown absent" (the gate claim is not reproduced) from "not shown yet" (too few seeds, or not run)."""
+    gates = {tuple(v["measure"].split()[:2]): v["verdict"] for v in verdicts if v["claim"] == PRETRAINING_HELPS}
     gated = []
     for entry in verdicts:
         task_setting = tuple(entry["measure"].split()[:2])
         downstream = task_setting[0] in FINE_TUNING_TASKS and entry["claim"] != PRETRAINING_HELPS
-        if downstream and task_setting not in helped and entry["verdict"] != "not yet run":
-            entry = {**entry, "verdict": f"inconclusive: pretraining does not beat random init on "
-                                         f"{' '.join(task_setting)} (would be: {entry['verdict']})"}  # fmt: skip
+        gate = gates.get(task_setting, "not yet run")
+        if downstream and gate != "reproduced" and entry["verdict"] != "not yet run":
+            reason = ("pretraining does not beat random init" if gate.startswith("not reproduced")
+                      else "pretraining's gain over random init not shown yet")  # fmt: skip
+            entry = {**entry, "verdict": f"inconclusive: {reason} on {' '.join(task_setting)} "
+                                         f"(would be: {entry['verdict']})"}  # fmt: skip
         gated.append(entry)
     return gated
 
