@@ -5,9 +5,10 @@
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --check true   # validate, run nothing
 
 Each cell (a pretraining run, a fine-tuning run, a gradient analysis) runs one of the package's recipes and is
-marked complete atomically; rerunning the command skips complete cells and redoes interrupted ones, so the study
-can run in parts (--max_cells N, --models a b) and be killed at any point. The report is rebuilt from the
-complete cells after every cell (meta_xlm.study, meta_xlm.study_report).
+recorded complete atomically (a small JSON record under the study's records_dir, committed with the results);
+rerunning the command skips complete cells and redoes interrupted ones, so the study can run in parts
+(--max_cells N, --models a b), be killed at any point and go on from a fresh clone. The report is rebuilt from
+the records after every cell (meta_xlm.study, meta_xlm.study_report).
 """
 
 from __future__ import annotations

@@ -64,24 +64,76 @@ def test_study_file_errors_name_the_entry_and_key(tmp_path):
 
 
 def test_a_complete_cell_of_another_configuration_is_an_error(tmp_path):
-    from meta_xlm.study import is_complete, pretrain_config, pretrain_folder, write_marker
+    from meta_xlm.study import is_complete, pretrain_config, pretrain_folder, record_path, write_record
 
     config = tmp_path / "pretrain.yaml"
     config.write_text("languages: [en]\nlearning_rate: 0.001\n")
-    study_values = {"name": "s", "runs_dir": str(tmp_path / "runs"), "results_dir": "o",
+    study_values = {"name": "s", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "o"),
                     "models": [{"name": "a", "config": str(config), "seeds": [0]}], "tasks": []}  # fmt: skip
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study_values))
     study = load_study(path)
+    assert study.records_dir == str(tmp_path / "o" / "cells")
     model = study.models[0]
     folder = pretrain_folder(study, "a", 0)
     assert not is_complete(study, "pretrain", model, 0, None)
-    folder.mkdir(parents=True)
-    write_marker(folder, {"kind": "pretrain", "config": pretrain_config(model, 0, folder)})
+    write_record(record_path(study, "pretrain", "a", 0), {"kind": "pretrain", "config": pretrain_config(model, 0, folder)})
     assert is_complete(study, "pretrain", model, 0, None)
     config.write_text("languages: [en]\nlearning_rate: 0.0005\n")
     with pytest.raises(ValueError, match=r"another configuration \(fields \['learning_rate'\] differ"):
         is_complete(study, "pretrain", model, 0, None)
+
+
+def curve_study(tmp_path, seeds=(0, 1, 2)):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, sw]\n")
+    values = {"name": "c", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": "joint_pair", "config": str(config), "seeds": list(seeds)}], "tasks": []}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return load_study(path)
+
+
+def test_figures_average_seeds_with_curves_and_seed_means_of_older_records(tmp_path):
+    """Seeds 0 and 1 were recorded before records kept their curves: their mean curve (seed_mean_curves.csv)
+    counts twice, seed 2's own curve once, so the figure is the mean over the three seeds."""
+    from meta_xlm.analysis.report import loss_curve
+    from meta_xlm.study import record_path, write_record
+    from meta_xlm.study_report import mean_curve, seed_curves
+
+    study = curve_study(tmp_path)
+    for seed in (0, 1):
+        write_record(record_path(study, "pretrain", "joint_pair", seed), {"kind": "pretrain", "history": None})
+    history = [{"step": 25, "loss": 7.0}, {"step": 50, "loss": 4.0}, {"step": 50, "eval_sw_perplexity": 9.0}]
+    write_record(record_path(study, "pretrain", "joint_pair", 2), {"kind": "pretrain", "history": history})
+    means = Path(study.records_dir) / "seed_mean_curves.csv"
+    means.write_text("curve,run,seeds,step,value\nloss,joint_pair,0 1,25,4.0\nloss,joint_pair,0 1,50,1.0\n"
+                     "loss,joint_pair,0 1,75,0.5\nloss,other,0 1,25,100\n")  # fmt: skip
+    curves = seed_curves(study, "joint_pair", "loss", loss_curve)
+    assert sorted(weight for weight, _ in curves) == [1, 2]
+    assert mean_curve(curves) == [(25, 5.0), (50, 2.0)]  # (2·4 + 7) / 3, (2·1 + 4) / 3; step 75: not in seed 2
+
+    means.write_text("curve,run,seeds,step,value\nloss,joint_pair,1 2,25,4.0\n")  # seed 2 has its own curve
+    with pytest.raises(ValueError, match=r"seed_mean_curves.csv: loss of joint_pair averages seeds \[1, 2\], but"):
+        seed_curves(study, "joint_pair", "loss", loss_curve)
+
+
+def test_pretraining_records_keep_only_the_curves_the_figures_read():
+    from meta_xlm.study import curve_history
+
+    history = [{"step": 25, "loss": 7.1, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1},
+               {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4, "eval_sw_runtime": 3.0},
+               {"step": 6000, "train_runtime": 100.0, "train_loss": 5.0}]  # fmt: skip
+    assert curve_history(history) == [{"step": 25, "loss": 7.1},
+                                      {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4}]  # fmt: skip
+
+
+def test_a_recorded_pretraining_without_its_checkpoint_names_the_record_to_delete(tmp_path):
+    from meta_xlm.study import pretrained_model, record_path
+
+    study = curve_study(tmp_path, seeds=(0,))
+    with pytest.raises(FileNotFoundError, match=rf"recorded in {record_path(study, 'pretrain', 'joint_pair', 0)} but"):
+        pretrained_model(study, study.models[0], 0)
 
 
 def test_downstream_verdicts_wait_for_pretraining_to_beat_random_init():
@@ -217,7 +269,7 @@ def test_treatment_rows_named_after_small_en_sw_rows_share_their_cells():
     """random_init, temperature_1.43 (runs: joint_pair) and adpt resolve to small_en_sw's folders and configurations
     for every cell, so one run serves both studies (and editing one study file alone is caught here, not after
     hours of running: a marker of another configuration is an error)."""
-    from meta_xlm.study import cell_config, cell_folder
+    from meta_xlm.study import cell_config, cell_record, pretrain_folder
 
     treatments, paper = load_study(TREATMENTS_STUDY), load_study("recipes/configs/study/small_en_sw.yaml")
     shared = {"random_init": "random_init", "temperature_1.43": "joint_pair", "adpt": "adpt"}
@@ -227,8 +279,9 @@ def test_treatment_rows_named_after_small_en_sw_rows_share_their_cells():
         for seed in ours.seeds:
             for task in [None, *treatments.tasks]:
                 kind = "pretrain" if task is None else "finetune"
-                assert cell_folder(treatments, kind, ours, seed, task) == cell_folder(paper, kind, theirs, seed, task)
+                assert cell_record(treatments, kind, ours, seed, task) == cell_record(paper, kind, theirs, seed, task)
                 assert cell_config(treatments, kind, ours, seed, task) == cell_config(paper, kind, theirs, seed, task)
+            assert pretrain_folder(treatments, ours.run_name, seed) == pretrain_folder(paper, theirs.run_name, seed)
     unshared = {m.run_name for m in treatments.models} - {m.run_name for m in paper.models}
     assert unshared == {m.name for m in treatments.models if m.name not in shared}
 

@@ -2,12 +2,16 @@
 
 Every cell runs one of the package's own recipes (recipes/pretrain.py, recipes/finetune.py,
 recipes/analyze_gradients.py) as a subprocess, on a YAML file the study writes into the cell's folder. A cell is
-complete when its marker `cell.json` exists; the marker is written atomically (temporary file + rename) only
-after the recipe succeeded, and holds what the results table needs. So:
+complete when its *record* exists: a small JSON file under the study's `records_dir` (committed with the results,
+beside them), written atomically (temporary file + rename) only after the recipe succeeded, holding everything the
+report needs (scores, final perplexities, tokens seen, the pretraining run's loss and perplexity curves). So:
 - a rerun skips complete cells and the study can be stopped and restarted at any point;
-- a cell killed half-way has no marker: it is run again (pretraining resumes from its newest complete
-  checkpoint; a fine-tuning cell starts over in an empty folder), never read half-written.
-`results.csv` and `report.md` are built from the markers alone (meta_xlm.study_report).
+- a cell killed half-way has no record: it is run again (pretraining resumes from its newest complete
+  checkpoint; a fine-tuning cell starts over in an empty folder), never read half-written;
+- the checkpoints under `runs_dir` are scratch: a fresh clone (or another machine) holds the records, so it skips
+  the complete cells and goes on with the rest. Only a row whose pretraining is recorded but whose fine-tuning
+  is not needs its checkpoint, and says so (see `pretrained_model`).
+`results.csv` and `report.md` are built from the records alone (meta_xlm.study_report).
 
 Study file (YAML): see recipes/configs/study/small_en_sw.yaml. Each entry of `models` is a grid row: a
 pretraining YAML (any recipes/pretrain.py config, e.g. recipes/configs/surgery/*.yaml) plus field overrides, and
@@ -29,9 +33,10 @@ from pathlib import Path
 
 import yaml
 
+from meta_xlm.analysis.report import read_log_history
+
 logger = logging.getLogger(__name__)
 
-CELL_MARKER = "cell.json"
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
@@ -45,8 +50,8 @@ class ModelSpec:
     paper_row: str | None = None  # the paper's row name (meta_xlm.tasks.reference.MODELS), None: not in it
     overrides: dict = field(default_factory=dict)  # recipes/pretrain.py fields on top of `config`
     # Folder of this row's cells under runs_dir (default: `name`). A row of another study file with the same
-    # runs_dir, folder and resolved configuration then shares its cells (a marker of another configuration is an
-    # error, never reused): e.g. the treatments study's temperature_1.43 row is small_en_sw's joint_pair.
+    # runs_dir, records_dir, folder and resolved configuration then shares its cells (a record of another
+    # configuration is an error, never reused): e.g. the treatments study's temperature_1.43 row is small_en_sw's joint_pair.
     runs: str | None = None
     # names of the study's tasks this row is fine-tuned on (default: all); a Mono row has no zero-shot source
     # language, and a row whose languages cover no task is a pretraining-only row (tasks: [])
@@ -78,7 +83,7 @@ class TaskSpec:
 @dataclass
 class StudySpec:
     name: str
-    runs_dir: str  # checkpoints and cell folders (git-ignored)
+    runs_dir: str  # checkpoints and cell folders (git-ignored scratch)
     results_dir: str  # results.csv, report.md, figures (committed)
     models: list[ModelSpec]
     tasks: list[TaskSpec]
@@ -86,6 +91,11 @@ class StudySpec:
     finetune_seed: int = 0
     gradients: dict = field(default_factory=dict)  # {models: [...], + recipes/analyze_gradients.py fields}
     figures: dict = field(default_factory=dict)  # {perplexity_models, loss_models, loss_max_step}
+    # the cells' records (committed; default <results_dir>/cells). Two study files that share runs_dir share it too.
+    records_dir: str | None = None
+
+    def __post_init__(self):
+        self.records_dir = self.records_dir or str(Path(self.results_dir) / "cells")
 
     def model(self, name: str) -> ModelSpec:
         for model in self.models:
@@ -135,16 +145,23 @@ def load_study(path: str | Path) -> StudySpec:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def read_marker(folder: Path) -> dict | None:
-    marker = folder / CELL_MARKER
-    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+def record_path(study: StudySpec, kind: str, run_name: str, seed: int, task: TaskSpec | None = None) -> Path:
+    """Where the record of a cell lives: <records_dir>/<kind>/<row folder>/seed<N>.json (fine-tuning:
+    .../seed<N>/<task>.json)."""
+    folder = Path(study.records_dir) / kind / run_name
+    return folder / f"seed{seed}" / f"{task.name}.json" if task else folder / f"seed{seed}.json"
 
 
-def write_marker(folder: Path, summary: dict) -> None:
+def read_record(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_record(path: Path, summary: dict) -> None:
     """The cell is complete once this file exists: write a temporary file, then rename (atomic on POSIX)."""
-    temporary = folder / f".{CELL_MARKER}.tmp"
-    temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, folder / CELL_MARKER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def run_recipe(script: str, config: dict, folder: Path, *extra: str) -> float:
@@ -188,7 +205,8 @@ def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
 
 
 def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
-    """Steps, validation perplexity and (expected) tokens seen per language of a finished pretraining run.
+    """Steps, validation perplexity, (expected) tokens seen per language and the loss and perplexity curves
+    (`history`) of a finished pretraining run.
 
     Tokens per language = steps × batch × block × p_lang, p_lang the recipe's logged sampling probability: each
     optimizer step is one language's batch (LanguageBatchSampler), drawn with p_lang.
@@ -206,7 +224,22 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
         },
         "perplexity": json.loads((folder / "perplexity.json").read_text(encoding="utf-8")),
         "wall_time_s": round(wall_seconds, 1),
+        "history": curve_history(read_log_history(folder)),
     }
+
+
+def curve_history(history: list[dict]) -> list[dict]:
+    """The trainer's log history cut to what the figures read (meta_xlm.analysis.report.loss_curve and
+    perplexity_curve): the step with its training loss or its validation losses and perplexities."""
+    kept = []
+    for entry in history:
+        values = {k: v for k, v in entry.items() if k == "loss" or (k.startswith("eval_") and k.endswith(CURVE_KEYS))}
+        if values:
+            kept.append({"step": entry["step"], **values})
+    return kept
+
+
+CURVE_KEYS = ("_loss", "_perplexity")
 
 
 def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
@@ -215,6 +248,20 @@ def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
     if not lines:
         raise ValueError(f"{log_path}: the pretraining log has no '{marker}' line")
     return yaml.safe_load(lines[-1].split(marker, 1)[1])
+
+
+def pretrained_model(study: StudySpec, model: ModelSpec, seed: int) -> Path:
+    """The folder of a recorded pretraining run, which fine-tuning and gradient cells read. A record whose
+    checkpoints are gone (a fresh clone) cannot serve them: say what to do rather than fail inside a recipe."""
+    folder = pretrain_folder(study, model.run_name, seed)
+    if not (folder / "config.json").is_file():
+        record = record_path(study, "pretrain", model.run_name, seed)
+        raise FileNotFoundError(
+            f"{model.name} seed {seed}: its pretraining is recorded in {record} but the pretrained model is not in "
+            f"{folder} (runs_dir is scratch: a fresh clone has none). The row's remaining cells need it: delete "
+            f"{record} to pretrain it again (its recorded results are replaced), or restore {folder}"
+        )
+    return folder
 
 
 def finetune_folder(study: StudySpec, run_name: str, seed: int, task: TaskSpec) -> Path:
@@ -238,6 +285,7 @@ def finetune_config(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpe
 
 def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpec) -> dict:
     """Fine-tune the (model, seed) pretraining run on one task setting; a half-done cell starts over."""
+    pretrained_model(study, model, seed)
     folder = finetune_folder(study, model.run_name, seed, task)
     shutil.rmtree(folder, ignore_errors=True)
     config = finetune_config(study, model, seed, task)
@@ -268,6 +316,7 @@ def gradients_config(study: StudySpec, model: ModelSpec, seed: int) -> dict:
 
 def run_gradients_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     """Fig. 3: gradient cosine (pairs and the same-language baseline) over the run's checkpoints."""
+    pretrained_model(study, model, seed)
     folder = gradients_folder(study, model.run_name, seed)
     shutil.rmtree(folder, ignore_errors=True)
     config = gradients_config(study, model, seed)
@@ -294,12 +343,8 @@ def cells(study: StudySpec, only_models: list[str] | None = None):
                 yield ("gradients", model, seed, None)
 
 
-def cell_folder(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> Path:
-    if kind == "pretrain":
-        return pretrain_folder(study, model.run_name, seed)
-    if kind == "finetune":
-        return finetune_folder(study, model.run_name, seed, task)
-    return gradients_folder(study, model.run_name, seed)
+def cell_record(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> Path:
+    return record_path(study, kind, model.run_name, seed, task)
 
 
 def cell_config(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> dict:
@@ -319,18 +364,18 @@ def run_cell(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: Tas
 
 
 def is_complete(study: StudySpec, kind: str, model: ModelSpec, seed: int, task: TaskSpec | None) -> bool:
-    """A marker exists, and it was written for the configuration the study file now gives this cell; a marker
-    of another configuration is an error (delete the cell's folder to rerun it), never silently reused."""
-    folder = cell_folder(study, kind, model, seed, task)
-    marker = read_marker(folder)
-    if marker is None:
+    """A record exists, and it was written for the configuration the study file now gives this cell; a record
+    of another configuration is an error (delete it to rerun the cell), never silently reused."""
+    path = cell_record(study, kind, model, seed, task)
+    record = read_record(path)
+    if record is None:
         return False
-    config = json.loads(json.dumps(cell_config(study, kind, model, seed, task)))  # as the marker stores it
-    if marker["config"] != config:
-        changed = sorted(k for k in {*config, *marker["config"]} if config.get(k) != marker["config"].get(k))
+    config = json.loads(json.dumps(cell_config(study, kind, model, seed, task)))  # as the record stores it
+    if record["config"] != config:
+        changed = sorted(k for k in {*config, *record["config"]} if config.get(k) != record["config"].get(k))
         raise ValueError(
-            f"{folder} was completed with another configuration (fields {changed} differ from the study file): "
-            "delete that folder to rerun the cell, or restore the study file"
+            f"{path} was completed with another configuration (fields {changed} differ from the study file): "
+            "delete that record to rerun the cell, or restore the study file"
         )
     return True
 
@@ -345,6 +390,6 @@ def run_study(study: StudySpec, only_models: list[str] | None = None, max_cells:
             break
         logger.info("cell: %s %s seed %d %s", kind, model.name, seed, task.name if task else "")
         summary = run_cell(study, kind, model, seed, task)
-        write_marker(cell_folder(study, kind, model, seed, task), summary)
+        write_record(cell_record(study, kind, model, seed, task), summary)
         ran += 1
     return ran

@@ -20,14 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
-from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve, read_log_history
-from meta_xlm.study import (
-    StudySpec,
-    finetune_folder,
-    gradients_folder,
-    pretrain_folder,
-    read_marker,
-)
+from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve
+from meta_xlm.study import StudySpec, read_record, record_path
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 from meta_xlm.tasks.metrics import MAIN_METRIC
 from meta_xlm.tasks.reference import REFERENCE
@@ -43,7 +37,7 @@ def result_rows(study: StudySpec) -> list[dict]:
     rows = []
     for model in study.models:
         for seed in model.seeds:
-            pretrain = read_marker(pretrain_folder(study, model.run_name, seed))
+            pretrain = read_record(record_path(study, "pretrain", model.run_name, seed))
             if pretrain is None:
                 continue
             common = {
@@ -58,11 +52,11 @@ def result_rows(study: StudySpec) -> list[dict]:
                 rows.append({**common, "task": "pretrain", "setting": "", "language": language,
                              "metric": "perplexity", "value": value})  # fmt: skip
             for task in filter(model.fine_tunes, study.tasks):
-                cell = read_marker(finetune_folder(study, model.run_name, seed, task))
+                cell = read_record(record_path(study, "finetune", model.run_name, seed, task))
                 for language, scores in (cell or {}).get("scores", {}).items():
                     rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
                                  "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
-            gradients = read_marker(gradients_folder(study, model.run_name, seed))
+            gradients = read_record(record_path(study, "gradients", model.run_name, seed))
             for row in (gradients or {}).get("rows", []):
                 if row["segment"] == "all":
                     rows.append({**common, "task": "gradients", "setting": f"step {row['step']}",
@@ -331,16 +325,48 @@ def early_loss(history: Sequence[Mapping], max_step: int) -> float | None:
     return statistics.fmean(value for _, value in points) if points else None
 
 
-def mean_curve(curves: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """Point-wise mean over seeds, at the steps every seed has."""
-    steps = set.intersection(*(set(step for step, _ in curve) for curve in curves)) if curves else set()
-    return [(step, statistics.fmean(dict(curve)[step] for curve in curves)) for step in sorted(steps)]
+def mean_curve(curves: Sequence[tuple[int, Sequence[tuple[int, float]]]]) -> list[tuple[int, float]]:
+    """Point-wise mean over seeds of (weight, curve) pairs, at the steps every curve has: a curve of weight n is
+    already the mean of n seeds (see seed_curves)."""
+    steps = set.intersection(*(set(step for step, _ in curve) for _, curve in curves)) if curves else set()
+    total = sum(weight for weight, _ in curves)
+    return [(step, sum(weight * dict(curve)[step] for weight, curve in curves) / total) for step in sorted(steps)]
 
 
-def complete_histories(study: StudySpec, model: str) -> list[list[dict]]:
-    seeds = study.model(model).seeds
-    folders = [pretrain_folder(study, study.model(model).run_name, seed) for seed in seeds]
-    return [read_log_history(folder) for folder in folders if read_marker(folder) is not None]
+SEED_MEAN_CURVES = "seed_mean_curves.csv"
+
+
+def seed_curves(study: StudySpec, model: str, name: str, curve_of) -> list[tuple[int, list[tuple[int, float]]]]:
+    """(weight, curve) of each recorded pretraining seed of `model`: `curve_of(history)` with weight 1. Seeds
+    recorded without their curves (runs that predate curves in records) count through <records_dir>/
+    seed_mean_curves.csv, which holds the mean curve of those seeds (columns curve, run, seeds, step, value)."""
+    spec = study.model(model)
+    records = {seed: read_record(record_path(study, "pretrain", spec.run_name, seed)) for seed in spec.seeds}
+    curves = [(1, curve_of(r["history"])) for r in records.values() if r and r.get("history") is not None]
+    without = {seed for seed, r in records.items() if r and r.get("history") is None}
+    rows = read_seed_mean_curves(Path(study.records_dir))
+    groups = defaultdict(list)
+    for row in rows:
+        if (row["curve"], row["run"]) == (name, spec.run_name):
+            groups[row["seeds"]].append((int(row["step"]), float(row["value"])))
+    for seeds_text, points in groups.items():
+        seeds = {int(seed) for seed in seeds_text.split()}
+        if not seeds <= without:
+            raise ValueError(
+                f"{Path(study.records_dir) / SEED_MEAN_CURVES}: {name} of {spec.run_name} averages seeds {sorted(seeds)}, "
+                f"but only seeds {sorted(without)} are recorded without their own curves"
+            )
+        without -= seeds
+        curves.append((len(seeds), sorted(points)))
+    return curves
+
+
+def read_seed_mean_curves(records_dir: Path) -> list[dict]:
+    path = records_dir / SEED_MEAN_CURVES
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def figure(curves: Mapping[str, list], results_dir: Path, stem: str, title: str, ylabel: str, log_y=False) -> str | None:
@@ -359,7 +385,7 @@ def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
     names = [model.name for model in study.models]
     for language in study.figures.get("perplexity_languages", []):
         curves = {
-            model: mean_curve([perplexity_curve(h, language) for h in complete_histories(study, model)])
+            model: mean_curve(seed_curves(study, model, f"perplexity_{language}", lambda h: perplexity_curve(h, language)))
             for model in (f"mono_{language}", "joint_pair")
             if model in names
         }
@@ -368,17 +394,17 @@ def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
     curves = {}
     for model in study.gradients.get("models", []):
         spec = study.model(model)
-        markers = [read_marker(gradients_folder(study, spec.run_name, seed)) for seed in spec.seeds]
+        records = [read_record(record_path(study, "gradients", spec.run_name, seed)) for seed in spec.seeds]
         per_pair = defaultdict(list)
-        for marker in filter(None, markers):
-            for pair in {row["pair"] for row in marker["rows"]}:
-                per_pair[pair].append([(r["step"], r["cosine"]) for r in marker["rows"]
-                                       if r["pair"] == pair and r["segment"] == "all"])  # fmt: skip
+        for record in filter(None, records):
+            for pair in {row["pair"] for row in record["rows"]}:
+                per_pair[pair].append((1, [(r["step"], r["cosine"]) for r in record["rows"]
+                                           if r["pair"] == pair and r["segment"] == "all"]))  # fmt: skip
         curves.update({f"{model} {pair}": mean_curve(seeds) for pair, seeds in sorted(per_pair.items())})
     lines.append(figure(curves, results_dir, "fig3_gradient_cosine", "Fig. 3: gradient cosine", "cosine"))
     max_step = study.figures.get("loss_max_step")
     curves = {
-        model: mean_curve([loss_curve(h, max_step) for h in complete_histories(study, model)])
+        model: mean_curve(seed_curves(study, model, "loss", lambda h: loss_curve(h, max_step)))
         for model in study.figures.get("loss_models", [])
     }
     lines.append(figure(curves, results_dir, "fig4c_early_loss", "Fig. 4c: early MLM training loss", "loss"))
@@ -386,20 +412,23 @@ def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
 
 
 def early_loss_rows(study: StudySpec) -> list[dict]:
-    """Mean training loss up to figures.loss_max_step of every complete pretraining run (Fig. 4c's claim)."""
+    """Mean training loss up to figures.loss_max_step of every recorded pretraining run (Fig. 4c's claim); a
+    record without its curves carries the value itself (`early_loss`)."""
     max_step = study.figures.get("loss_max_step")
     rows = []
     for model in study.models:
         for seed in model.seeds:
-            folder = pretrain_folder(study, model.run_name, seed)
-            marker = read_marker(folder)
-            value = early_loss(read_log_history(folder), max_step) if marker and max_step else None
+            record = read_record(record_path(study, "pretrain", model.run_name, seed))
+            if not record or not max_step:
+                continue
+            history = record.get("history")
+            value = early_loss(history, max_step) if history is not None else record.get("early_loss")
             if value is not None:
                 rows.append({"model": model.name, "paper_row": model.paper_row or "", "seed": seed,
                              "task": "pretrain", "setting": "", "language": "all", "metric": "early_loss",
-                             "value": value, "pretrain_steps": marker["steps"],
-                             "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(marker["tokens_seen"].items())),
-                             "pretrain_wall_time_s": marker["wall_time_s"]})  # fmt: skip
+                             "value": value, "pretrain_steps": record["steps"],
+                             "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(record["tokens_seen"].items())),
+                             "pretrain_wall_time_s": record["wall_time_s"]})  # fmt: skip
     return rows
 
 
@@ -418,12 +447,12 @@ def cell_counts(study: StudySpec) -> str:
     done = total = 0
     for model in study.models:
         for seed in model.seeds:
-            folders = [pretrain_folder(study, model.run_name, seed)]
-            folders += [finetune_folder(study, model.run_name, seed, task) for task in filter(model.fine_tunes, study.tasks)]
+            paths = [record_path(study, "pretrain", model.run_name, seed)]
+            paths += [record_path(study, "finetune", model.run_name, seed, task) for task in filter(model.fine_tunes, study.tasks)]
             if model.name in study.gradients.get("models", []):
-                folders.append(gradients_folder(study, model.run_name, seed))
-            total += len(folders)
-            done += sum(read_marker(folder) is not None for folder in folders)
+                paths.append(record_path(study, "gradients", model.run_name, seed))
+            total += len(paths)
+            done += sum(path.is_file() for path in paths)
     return f"{done} of {total} cells complete"
 
 

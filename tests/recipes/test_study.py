@@ -1,9 +1,11 @@
 """recipes/study.py end to end on a micro grid: two models (random init, JointPair) × POS sw within-language ×
-one seed, 20 pretraining steps of the tiny config; then a rerun that must skip every cell, and an interrupted
-fine-tuning cell (no marker, a half-written metrics file) that must be redone."""
+one seed, 20 pretraining steps of the tiny config; then a rerun that must skip every cell, an interrupted
+fine-tuning cell (no record, a half-written metrics file) that must be redone, and a fresh clone (records, no
+runs_dir) that must rebuild the same results without running anything."""
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -41,10 +43,10 @@ def micro_study(tmp_path) -> dict:
     }
 
 
-def run_study(study_file):
+def run_study(study_file, expect_success=True):
     command = [sys.executable, str(REPO_ROOT / "recipes" / "study.py"), "--study", str(study_file)]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (completed.returncode == 0) == expect_success, completed.stderr[-3000:]
     return completed.stderr
 
 
@@ -72,11 +74,22 @@ def test_study_runs_skips_complete_cells_and_redoes_interrupted_ones(tmp_path):
     # a rerun runs no cell
     assert run_study(study_file).count("cell: ") == 0
 
-    # an interrupted fine-tuning cell: marker gone, metrics half-written -> redone, not read
+    # an interrupted fine-tuning cell: record gone, metrics half-written -> redone, not read
     cell = tmp_path / "runs" / "finetune" / "joint_pair" / "seed0" / "pos_within_sw"
-    (cell / "cell.json").unlink()
+    record = results / "cells" / "finetune" / "joint_pair" / "seed0" / "pos_within_sw.json"
+    record.unlink()
     (cell / "metrics.json").write_text('{"task": "pos", "scor')
     log = run_study(study_file)
     assert log.count("cell: ") == 1
     assert json.loads((cell / "metrics.json").read_text())["task"] == "pos"
-    assert json.loads((cell / "cell.json").read_text())["kind"] == "finetune"
+    assert json.loads(record.read_text())["kind"] == "finetune"
+
+    # a fresh clone: the committed records, no checkpoints -> nothing runs, the same results and figures
+    before = {name: (results / name).read_bytes() for name in ("results.csv", "fig4c_early_loss.csv", "fig2_perplexity_sw.csv")}
+    shutil.rmtree(tmp_path / "runs")
+    assert run_study(study_file).count("cell: ") == 0
+    assert {name: (results / name).read_bytes() for name in before} == before
+    # ... and a cell that needs the gone checkpoint says which record to delete
+    record.unlink()
+    log = run_study(study_file, expect_success=False)
+    assert "pretrained model is not in" in log and "joint_pair/seed0.json to pretrain it again" in log
