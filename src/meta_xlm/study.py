@@ -228,6 +228,9 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
     }
 
 
+CURVE_KEYS = ("_loss", "_perplexity")  # eval_<language>_loss / _perplexity: what perplexity_curve reads
+
+
 def curve_history(history: list[dict]) -> list[dict]:
     """The trainer's log history cut to what the figures read (meta_xlm.analysis.report.loss_curve and
     perplexity_curve): the step with its training loss or its validation losses and perplexities."""
@@ -237,9 +240,6 @@ def curve_history(history: list[dict]) -> list[dict]:
         if values:
             kept.append({"step": entry["step"], **values})
     return kept
-
-
-CURVE_KEYS = ("_loss", "_perplexity")
 
 
 def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
