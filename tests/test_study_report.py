@@ -121,11 +121,35 @@ def test_figures_average_seeds_with_curves_and_seed_means_of_older_records(tmp_p
 def test_pretraining_records_keep_only_the_curves_the_figures_read():
     from meta_xlm.study import curve_history
 
-    history = [{"step": 25, "loss": 7.1, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1},
+    history = [{"step": 25, "loss": 7.1, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1,
+                "surgery_cosine_before/en-sw": -0.2, "surgery_cosine_after/en-sw": 0.0},
                {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4, "eval_sw_runtime": 3.0},
+               {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02, "meta_loss": 6.1},
                {"step": 6000, "train_runtime": 100.0, "train_loss": 5.0}]  # fmt: skip
-    assert curve_history(history) == [{"step": 25, "loss": 7.1},
-                                      {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4}]  # fmt: skip
+    assert curve_history(history) == [
+        {"step": 25, "loss": 7.1, "surgery_cosine_before/en-sw": -0.2, "surgery_cosine_after/en-sw": 0.0},
+        {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4},
+        {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02},
+    ]
+
+
+def test_the_report_averages_each_runs_training_diagnostics_over_its_logging_windows(tmp_path):
+    from meta_xlm.study import record_path, write_record
+    from meta_xlm.study_report import build_study_report, diagnostic_rows
+
+    study = curve_study(tmp_path, seeds=(0, 1))
+    record = {"kind": "pretrain", "steps": 50, "tokens_seen": {"en": 1, "sw": 1}, "perplexity": {"en": 9.0, "sw": 9.0},
+              "wall_time_s": 1.0}  # fmt: skip
+    history = [{"step": 25, "loss": 7.0, "surgery_cosine_before/en-sw": -0.3, "surgery_cosine_after/en-sw": 0.1},
+               {"step": 50, "loss": 6.0, "surgery_cosine_before/en-sw": 0.1, "surgery_cosine_after/en-sw": float("nan")}]  # fmt: skip
+    write_record(record_path(study, "pretrain", "joint_pair", 0), {**record, "history": history})
+    write_record(record_path(study, "pretrain", "joint_pair", 1), {**record, "history": [{"step": 25, "loss": 7.0}]})
+    values = {(r["seed"], r["metric"], r["language"]): r["value"] for r in diagnostic_rows(study)}
+    # the mean over windows; a window whose cosine was undefined (NaN: a language without a batch) is left out
+    assert values == pytest.approx({(0, "surgery_cosine_before", "en-sw"): -0.1, (0, "surgery_cosine_after", "en-sw"): 0.1})
+    report = build_study_report(study).read_text()
+    assert "### surgery_cosine_before (mean over the run's logging windows)" in report
+    assert "| joint_pair | -0.1 (n=1) |" in report
 
 
 def test_a_recorded_pretraining_without_its_checkpoint_names_the_record_to_delete(tmp_path):
@@ -180,8 +204,9 @@ def answer(verdicts: list[dict], claim: str, measure: str = "pos within f1") -> 
     return next(v for v in verdicts if v["claim"] == claim and v["measure"] == measure)
 
 
-NAMES = ["random_init", "temperature_1", "temperature_5", "pcgrad_layer", "adpt_gradvac_model", "adpt"]
+NAMES = ["random_init", "temperature_1", "temperature_5", "pcgrad_layer", "adpt_gradvac_model", "adpt", "balanced_sum"]
 BEATS = "a treatment beats the best temperature"
+PLAIN_SUM = "surgery beats the plain sum of the same balanced steps"
 
 
 def test_a_treatment_beating_the_best_temperature_by_more_than_two_spreads_is_a_yes(tmp_path):
@@ -198,6 +223,13 @@ def test_a_treatment_beating_the_best_temperature_by_more_than_two_spreads_is_a_
     assert (best["verdict"], best["effect"], best["spread"]) == ("yes", "+10", "0.82")
     assert answer(verdicts, "pretraining helps at all")["verdict"] == "reproduced"
     assert answer(verdicts, "surgery on +adpt beats +adpt")["verdict"] == "not yet run"  # adpt has no cell
+    assert answer(verdicts, PLAIN_SUM)["verdict"] == "not yet run"  # balanced_sum has no cell
+    with_sum = data + rows("balanced_sum", [90.0, 91.0, 92.0])
+    verdicts = treatment_answers(gate_on_pretraining(treatment_verdicts(study, with_sum, "sw")))
+    # the plain sum is a treatment against the temperatures too, and the control of surgery on JointPair
+    assert answer(verdicts, BEATS)["comparison"] == "balanced_sum sw vs temperature_5 sw"
+    assert answer(verdicts, PLAIN_SUM)["comparison"] == "pcgrad_layer sw vs balanced_sum sw"
+    assert answer(verdicts, PLAIN_SUM)["verdict"] == "no: the baseline is better"
     assert answer(verdicts, BEATS, "ner within f1")["verdict"] == "not yet run"
     # within noise (effect 1, standard error sqrt(8/2 + 8/2) = 2.8), two seeds a side: inconclusive
     noisy = rows("random_init", [10.0, 11.0]) + rows("temperature_5", [80.0, 84.0]) + rows("pcgrad_layer", [81.0, 85.0])

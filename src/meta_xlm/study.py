@@ -229,14 +229,21 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
 
 
 CURVE_KEYS = ("_loss", "_perplexity")  # eval_<language>_loss / _perplexity: what perplexity_curve reads
+# What a treatment did, per logging window: the shared-gradient cosines before/after surgery (per language pair)
+# and the share of the meta hypergradient that is higher-order — the report averages them per run.
+DIAGNOSTIC_KEYS = ("surgery_cosine_before/", "surgery_cosine_after/", "meta_higher_order_ratio")
+
+
+def keeps(key: str) -> bool:
+    return key == "loss" or (key.startswith("eval_") and key.endswith(CURVE_KEYS)) or key.startswith(DIAGNOSTIC_KEYS)
 
 
 def curve_history(history: list[dict]) -> list[dict]:
-    """The trainer's log history cut to what the figures read (meta_xlm.analysis.report.loss_curve and
-    perplexity_curve): the step with its training loss or its validation losses and perplexities."""
+    """The trainer's log history cut to what the report reads: the step with its training loss, its validation
+    losses and perplexities (meta_xlm.analysis.report.loss_curve and perplexity_curve) and DIAGNOSTIC_KEYS."""
     kept = []
     for entry in history:
-        values = {k: v for k, v in entry.items() if k == "loss" or (k.startswith("eval_") and k.endswith(CURVE_KEYS))}
+        values = {k: v for k, v in entry.items() if keeps(k)}
         if values:
             kept.append({"step": entry["step"], **values})
     return kept

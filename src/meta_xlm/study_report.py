@@ -2,7 +2,9 @@
 
 - results.csv: one row per (model, seed, task, setting, language, metric) with its value, and on every row the
   pretraining run's steps, tokens seen per language and wall time. Pretraining rows have task "pretrain",
-  metric "perplexity" (final validation perplexity); gradient rows task "gradients", metric "cosine_<pair>".
+  metric "perplexity" (final validation perplexity) or "early_loss", and with setting "training" the run's mean
+  diagnostics (surgery cosines per language pair, the meta higher-order ratio); gradient rows task "gradients",
+  metric "cosine" per pair.
 - report.md: per task and setting the paper's table layout (rows = models) with mean ± sd over seeds and the
   paper's number beside it; the figures; a verdict per claim with its effect size and spread (only the claims
   whose rows the study has: the paper's, and for a treatments study whether any treatment beats the best
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
 from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve
-from meta_xlm.study import StudySpec, read_record, record_path
+from meta_xlm.study import DIAGNOSTIC_KEYS, StudySpec, read_record, record_path
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 from meta_xlm.tasks.metrics import MAIN_METRIC
 from meta_xlm.tasks.reference import REFERENCE
@@ -35,33 +37,43 @@ RESULT_FIELDS = [
 def result_rows(study: StudySpec) -> list[dict]:
     """Every measured value of the study's complete cells (see the module docstring)."""
     rows = []
+    for model, seed, pretrain in pretrain_records(study):
+        common = run_fields(model, seed, pretrain)
+        for language, value in pretrain["perplexity"].items():
+            rows.append({**common, "task": "pretrain", "setting": "", "language": language,
+                         "metric": "perplexity", "value": value})  # fmt: skip
+        for task in filter(model.fine_tunes, study.tasks):
+            cell = read_record(record_path(study, "finetune", model.run_name, seed, task))
+            for language, scores in (cell or {}).get("scores", {}).items():
+                rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
+                             "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
+        gradients = read_record(record_path(study, "gradients", model.run_name, seed))
+        for row in (gradients or {}).get("rows", []):
+            if row["segment"] == "all":
+                rows.append({**common, "task": "gradients", "setting": f"step {row['step']}",
+                             "language": row["pair"], "metric": "cosine", "value": row["cosine"]})  # fmt: skip
+    return rows
+
+
+def run_fields(model, seed: int, pretrain: Mapping) -> dict:
+    """The fields every row of one pretraining run carries: which run, its steps, tokens and wall time."""
+    return {
+        "model": model.name,
+        "paper_row": model.paper_row or "",
+        "seed": seed,
+        "pretrain_steps": pretrain["steps"],
+        "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(pretrain["tokens_seen"].items())),
+        "pretrain_wall_time_s": pretrain["wall_time_s"],
+    }
+
+
+def pretrain_records(study: StudySpec):
+    """(model, seed, record) of every recorded pretraining run, in study order."""
     for model in study.models:
         for seed in model.seeds:
-            pretrain = read_record(record_path(study, "pretrain", model.run_name, seed))
-            if pretrain is None:
-                continue
-            common = {
-                "model": model.name,
-                "paper_row": model.paper_row or "",
-                "seed": seed,
-                "pretrain_steps": pretrain["steps"],
-                "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(pretrain["tokens_seen"].items())),
-                "pretrain_wall_time_s": pretrain["wall_time_s"],
-            }
-            for language, value in pretrain["perplexity"].items():
-                rows.append({**common, "task": "pretrain", "setting": "", "language": language,
-                             "metric": "perplexity", "value": value})  # fmt: skip
-            for task in filter(model.fine_tunes, study.tasks):
-                cell = read_record(record_path(study, "finetune", model.run_name, seed, task))
-                for language, scores in (cell or {}).get("scores", {}).items():
-                    rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
-                                 "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
-            gradients = read_record(record_path(study, "gradients", model.run_name, seed))
-            for row in (gradients or {}).get("rows", []):
-                if row["segment"] == "all":
-                    rows.append({**common, "task": "gradients", "setting": f"step {row['step']}",
-                                 "language": row["pair"], "metric": "cosine", "value": row["cosine"]})  # fmt: skip
-    return rows
+            record = read_record(record_path(study, "pretrain", model.run_name, seed))
+            if record:
+                yield model, seed, record
 
 
 def write_results_csv(rows: Sequence[Mapping], path: Path) -> None:
@@ -224,7 +236,11 @@ def claims_in_study(claims: Sequence[Claim], study: StudySpec) -> list[Claim]:
 # Beyond the paper (small_en_sw_treatments.yaml): rows are grouped by the name prefixes of that study file.
 TEMPERATURE_ROWS = ("temperature_",)  # JointPair at sampling temperature T: the tuned-sampling baseline
 SURGERY_ON_ADAPTERS_ROWS = ("adpt_pcgrad_", "adpt_gradvac_")
-TREATMENT_ROWS = ("pcgrad_", "gradvac_", *SURGERY_ON_ADAPTERS_ROWS, "loss_weights_")
+SURGERY_ON_JOINT_PAIR_ROWS = ("pcgrad_", "gradvac_")
+# Language-balanced steps (one micro-batch per language) summed with weight 1 each: what a surgery row computes
+# before its surgery, so the control that isolates the surgery itself from the balanced steps it runs on.
+PLAIN_SUM_ROW = "balanced_sum"
+TREATMENT_ROWS = (*SURGERY_ON_JOINT_PAIR_ROWS, *SURGERY_ON_ADAPTERS_ROWS, "loss_weights_", PLAIN_SUM_ROW)
 TREATMENT_ANSWERS = {
     "reproduced": "yes",
     "not reproduced (the opposite holds)": "no: the baseline is better",
@@ -256,7 +272,8 @@ def best_of_verdict(claim: Claim, candidates: Sequence[str], baselines: Sequence
 
 def treatment_verdicts(study: StudySpec, rows: Sequence[Mapping], language: str) -> list[dict]:
     """Does any treatment (gradient surgery on JointPair or +adpt, fixed loss weights) beat the best sampling
-    temperature, per task and setting, and does surgery on +adpt beat +adpt? Only groups the study has rows of;
+    temperature, per task and setting; does surgery beat the plain sum of the same language-balanced steps
+    (PLAIN_SUM_ROW), and surgery on +adpt beat +adpt? Only groups the study has rows of;
     "pretraining helps at all" (best temperature vs random init) is there to gate the downstream ones
     (gate_on_pretraining); treatment_answers then words the verdicts as answers."""
     names = [model.name for model in study.models]
@@ -264,12 +281,15 @@ def treatment_verdicts(study: StudySpec, rows: Sequence[Mapping], language: str)
         "treatment": [name for name in names if name.startswith(TREATMENT_ROWS)],
         "temperature": [name for name in names if name.startswith(TEMPERATURE_ROWS)],
         "surgery on +adpt": [name for name in names if name.startswith(SURGERY_ON_ADAPTERS_ROWS)],
+        "surgery on JointPair": [name for name in names if name.startswith(SURGERY_ON_JOINT_PAIR_ROWS)],
         "random init": [name for name in names if name == "random_init"],
         "+adpt": [name for name in names if name == "adpt"],
+        "plain sum": [name for name in names if name == PLAIN_SUM_ROW],
     }
     comparisons = [
         (PRETRAINING_HELPS, "temperature", "random init"),
         ("a treatment beats the best temperature", "treatment", "temperature"),
+        ("surgery beats the plain sum of the same balanced steps", "surgery on JointPair", "plain sum"),
         ("surgery on +adpt beats +adpt", "surgery on +adpt", "+adpt"),
     ]
     measures = [(task.task, task.setting, "f1", False) for task in study.tasks if task.task in FINE_TUNING_TASKS]
@@ -416,19 +436,29 @@ def early_loss_rows(study: StudySpec) -> list[dict]:
     record without its curves carries the value itself (`early_loss`)."""
     max_step = study.figures.get("loss_max_step")
     rows = []
-    for model in study.models:
-        for seed in model.seeds:
-            record = read_record(record_path(study, "pretrain", model.run_name, seed))
-            if not record or not max_step:
-                continue
-            history = record.get("history")
-            value = early_loss(history, max_step) if history is not None else record.get("early_loss")
-            if value is not None:
-                rows.append({"model": model.name, "paper_row": model.paper_row or "", "seed": seed,
-                             "task": "pretrain", "setting": "", "language": "all", "metric": "early_loss",
-                             "value": value, "pretrain_steps": record["steps"],
-                             "tokens_seen": " ".join(f"{k}={v}" for k, v in sorted(record["tokens_seen"].items())),
-                             "pretrain_wall_time_s": record["wall_time_s"]})  # fmt: skip
+    for model, seed, record in pretrain_records(study) if max_step else ():
+        history = record.get("history")
+        value = early_loss(history, max_step) if history is not None else record.get("early_loss")
+        if value is not None:
+            rows.append({**run_fields(model, seed, record), "task": "pretrain", "setting": "", "language": "all",
+                         "metric": "early_loss", "value": value})  # fmt: skip
+    return rows
+
+
+def diagnostic_rows(study: StudySpec) -> list[dict]:
+    """Per pretraining run, the mean over its logging windows of each diagnostic it logged (DIAGNOSTIC_KEYS of
+    meta_xlm.study): task "pretrain", setting "training", language the pair ("all" for the meta ratio)."""
+    rows = []
+    for model, seed, record in pretrain_records(study):
+        windows = defaultdict(list)
+        for entry in record.get("history") or ():
+            for key, value in entry.items():
+                if key.startswith(DIAGNOSTIC_KEYS) and math.isfinite(value):
+                    windows[key].append(value)
+        for key, values in sorted(windows.items()):
+            metric, _, pair = key.partition("/")
+            rows.append({**run_fields(model, seed, record), "task": "pretrain", "setting": "training",
+                         "language": pair or "all", "metric": metric, "value": statistics.fmean(values)})  # fmt: skip
     return rows
 
 
@@ -440,6 +470,10 @@ def table_sections(study: StudySpec, rows: Sequence[Mapping]) -> list[str]:
             sections.append(f"{title}\n\n{dict_table(task_table(study, rows, task.task, task.setting, metric))}")
     pretraining = task_table(study, rows, "pretrain", "", "perplexity")
     sections.append(f"### Final validation perplexity\n\n{dict_table(pretraining)}")
+    for metric in sorted({r["metric"] for r in rows if (r["task"], r["setting"]) == ("pretrain", "training")}):
+        measured = {r["model"] for r in rows if (r["setting"], r["metric"]) == ("training", metric)}
+        table = [line for line in task_table(study, rows, "pretrain", "training", metric) if line["model"] in measured]
+        sections.append(f"### {metric} (mean over the run's logging windows)\n\n{dict_table(table)}")
     return sections
 
 
@@ -459,7 +493,9 @@ def cell_counts(study: StudySpec) -> str:
 TREATMENTS_INTRO = (
     "## Does any treatment beat the tuned-temperature baseline, and by how much?\n\n"
     "Per task and setting: the best row (highest mean over seeds; lowest for perplexity) of the treatments "
-    "(PCGrad / GradVac on JointPair or +adpt, fixed loss weights) vs the best sampling-temperature row. Effect = "
+    "(PCGrad / GradVac on JointPair or +adpt, fixed loss weights incl. the plain sum) vs the best "
+    "sampling-temperature row; then surgery on JointPair vs the plain sum of the same language-balanced steps "
+    "(`balanced_sum`: what surgery changes, apart from the balanced steps), and surgery on +adpt vs +adpt. Effect = "
     "its margin, spread = its standard error; yes: effect > 2 spreads; no: the baseline is better, or no "
     "difference with ≥ 3 seeds a side; otherwise inconclusive.\n\n"
 )
@@ -469,7 +505,7 @@ def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") 
     """Write results.csv, the figures and report.md to study.results_dir; return report.md's path."""
     results_dir = Path(study.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    rows = result_rows(study) + early_loss_rows(study)
+    rows = result_rows(study) + early_loss_rows(study) + diagnostic_rows(study)
     write_results_csv(rows, results_dir / "results.csv")
     claims = claims_in_study(paper_claims(language), study)
     verdicts = gate_on_pretraining([verdict(claim, rows) for claim in claims])
