@@ -149,7 +149,7 @@ def test_the_report_averages_each_runs_training_diagnostics_over_its_logging_win
     assert values == pytest.approx({(0, "surgery_cosine_before", "en-sw"): -0.1, (0, "surgery_cosine_after", "en-sw"): 0.1})
     report = build_study_report(study).read_text()
     assert "### surgery_cosine_before (mean over the run's logging windows)" in report
-    assert "| joint_pair | -0.1 (n=1) |" in report
+    assert "| joint_pair | -0.100 (n=1) |" in report
 
 
 def test_a_recorded_pretraining_without_its_checkpoint_names_the_record_to_delete(tmp_path):

@@ -100,7 +100,10 @@ class Summary:
     n: int
 
     def text(self) -> str:
-        return f"{self.mean:.1f} ± {self.sd:.1f} (n={self.n})" if self.n > 1 else f"{self.mean:.1f} (n=1)"
+        # scores and perplexities read to one decimal; cosines and ratios (|mean| < 1) need three
+        digits = 1 if abs(self.mean) >= 1 else 3
+        mean = f"{self.mean:.{digits}f}"
+        return f"{mean} ± {self.sd:.{digits}f} (n={self.n})" if self.n > 1 else f"{mean} (n=1)"
 
 
 def summarize(values: Sequence[float]) -> Summary | None:
