@@ -118,7 +118,7 @@ def test_figures_average_seeds_with_curves_and_seed_means_of_older_records(tmp_p
         seed_curves(study, "joint_pair", "loss", loss_curve)
 
 
-def test_pretraining_records_keep_only_the_curves_the_figures_read():
+def test_pretraining_records_keep_only_the_curves_and_diagnostics_the_report_reads():
     from meta_xlm.study import curve_history
 
     history = [{"step": 25, "loss": 7.1, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
 from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve
-from meta_xlm.study import DIAGNOSTIC_KEYS, StudySpec, read_record, record_path
+from meta_xlm.study import DIAGNOSTIC_KEYS, ModelSpec, StudySpec, read_record, record_path
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 from meta_xlm.tasks.metrics import MAIN_METRIC
 from meta_xlm.tasks.reference import REFERENCE
@@ -55,7 +55,7 @@ def result_rows(study: StudySpec) -> list[dict]:
     return rows
 
 
-def run_fields(model, seed: int, pretrain: Mapping) -> dict:
+def run_fields(model: ModelSpec, seed: int, pretrain: Mapping) -> dict:
     """The fields every row of one pretraining run carries: which run, its steps, tokens and wall time."""
     return {
         "model": model.name,
