@@ -5,7 +5,8 @@
 For every checkpoint-N of `run_dir` (or one saved model), the cosine similarity of the languages' gradients of
 the shared parameters on `target_sentences` sentences each (paper: 4096), whole model / per layer / attention vs
 FFN, plus <ref>-<ref> from two independent batches. Writes gradient_conflict.{csv,jsonl,png} and TensorBoard
-scalars to output_dir. To measure during training instead, add meta_xlm.analysis.gradient_conflict's
+scalars to output_dir; `--matrix true` also the languages x languages matrix, gradient_matrix.{csv,png} (the
+seven-language study's 7 x 7 heatmap, whole model and per layer, with the En-En baseline). To measure during training instead, add meta_xlm.analysis.gradient_conflict's
 GradientConflictCallback to the Trainer.
 """
 
@@ -44,6 +45,11 @@ class GradientArguments:
     batch_size: int = field(default=32, metadata={"help": "micro-batch size (gradient accumulation)"})
     block_size: int = field(default=256)
     seed: int = field(default=0)
+    matrix: bool = field(
+        default=False,
+        metadata={"help": "also the languages x languages cosine matrix (whole model, per layer) with the "
+                          "reference's second batch: gradient_matrix.{csv,png}"},
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -59,7 +65,7 @@ def main(argv: list[str]) -> None:
         for lang, sentences in corpora.items()
     }
     settings = GradientSettings(
-        args.target_sentences, args.batch_size, args.block_size, args.reference_language, args.seed
+        args.target_sentences, args.batch_size, args.block_size, args.reference_language, args.seed, args.matrix
     )
     gradient_conflict_over_checkpoints(checkpoints, corpora, settings, args.output_dir)
     logger.info("wrote gradient_conflict.{csv,jsonl,png} to %s", args.output_dir)

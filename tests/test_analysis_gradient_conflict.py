@@ -270,3 +270,44 @@ def test_two_processes_measure_the_same_cosines_as_one_over_all_their_batches(tm
     alone["en"] = iter([mlm_batch("en", 0), mlm_batch("en", 100)])
     rank0_alone = measure_gradient_conflict(model, alone, target_sentences=BATCH, seed=3)
     assert abs(rank0_alone["en-sw"]["all"] - single["en-sw"]["all"]) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- the n × n matrix
+def test_conflict_matrix_is_symmetric_with_ones_where_a_language_meets_itself_on_the_same_batch():
+    """Three "languages" on a tiny model: en, sw, and en again under another name on the very same batches.
+    Diagonal: each gradient with itself; en vs en-again: the same batch, so 1 too; the other entries agree with
+    the pairwise measurement and en#2 (a second, independent en batch) is the En-En baseline."""
+    from meta_xlm.analysis.gradient_conflict import cosine_matrices, language_gradients, pair_cosines, replicate_of
+
+    model = tiny_model()
+    gradient_index = shared_gradient_index(model)
+    en, sw, en_second = mlm_batch("en", 1), mlm_batch("sw", 2), mlm_batch("en", 3)
+    batches = {"en": iter([en, en_second]), "sw": iter([sw]), "en_again": iter([en])}
+    gradients = language_gradients(model, batches, BATCH, "en", seed=0, gradient_index=gradient_index)
+    names = list(gradients)
+    assert names == ["en", "sw", "en_again", replicate_of("en")]
+    matrices = cosine_matrices(gradients, gradient_index)
+    assert {"all", "layer.0", "layer.1"} <= set(matrices)
+    for segment, matrix in matrices.items():
+        assert matrix.shape == (4, 4)
+        np.testing.assert_allclose(matrix, matrix.T, atol=1e-12, err_msg=segment)
+        np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-9, err_msg=segment)
+        assert matrix[0, 2] == pytest.approx(1.0, abs=1e-6), segment  # en vs en on the same batch
+    pairs = pair_cosines(gradients, gradient_index)
+    assert matrices["all"][0, 1] == pytest.approx(pairs["en-sw"]["all"], abs=1e-9)
+    assert matrices["layer.1"][0, 3] == pytest.approx(pairs["en-en"]["layer.1"], abs=1e-9)
+    assert matrices["all"][0, 3] < 1 - 1e-3  # an independent batch is not the same batch
+
+
+def test_matrix_rows_and_heatmap(tmp_path):
+    from meta_xlm.analysis.gradient_conflict import matrix_rows
+    from meta_xlm.analysis.plots import mean_matrix, plot_conflict_matrix
+
+    names = ["en", "sw", "en#2"]
+    first = np.array([[1.0, 0.2, 0.5], [0.2, 1.0, 0.1], [0.5, 0.1, 1.0]])
+    rows = matrix_rows(500, names, {"all": first}) + matrix_rows(1000, names, {"all": first - 0.1 + 0.1 * np.eye(3)})
+    assert len(rows) == 18 and rows[1] == {"step": 500, "segment": "all", "language_a": "en", "language_b": "sw",
+                                           "cosine": 0.2}  # fmt: skip
+    assert mean_matrix(rows, "all")[("en", "en#2")] == pytest.approx(0.45)  # the mean over checkpoints
+    path = plot_conflict_matrix(rows, ["en", "sw"], "en", tmp_path / "matrix.png", ["all"])
+    assert path.stat().st_size > 0

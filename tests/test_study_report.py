@@ -360,5 +360,96 @@ def test_every_study_file_passes_its_own_check():
     recipe's cross-field rules (the +meta adpt rows once lacked their meta-validation split)."""
     recipe = load_study_recipe()
     for path in sorted(Path("recipes/configs/study").glob("*.yaml")):
-        if path.name != "small_pretrain.yaml":
+        if not path.name.endswith("_pretrain.yaml"):  # pretraining bases (small_pretrain, small_7lang_pretrain)
             recipe.check_pretrain_rows(load_study(path))
+
+
+def two_seed_study(tmp_path, extra: dict | None = None):
+    """random_init and joint_pair × seeds 0, 1, 2 × POS sw within-language, with hand-made records."""
+    tmp_path.mkdir(exist_ok=True)
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, sw]\n")
+    values = {"name": "h", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": name, "config": str(config), "seeds": [0, 1, 2]} for name in ("random_init", "joint_pair")],
+              "tasks": [{"task": "pos", "setting": "within", "train_language": "sw", "eval_languages": ["sw"]}],
+              **(extra or {})}  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return load_study(path)
+
+
+def write_cells(study, scores: dict[str, list[float]], converged=lambda model, seed: True):
+    from meta_xlm.study import record_path, write_record
+    from meta_xlm.tasks.finetuning import convergence
+
+    pretrain = {"kind": "pretrain", "steps": 50, "tokens_seen": {"en": 1, "sw": 1}, "perplexity": {"sw": 9.0},
+                "wall_time_s": 1.0, "history": []}  # fmt: skip
+    for model in study.models:
+        for seed in model.seeds:
+            write_record(record_path(study, "pretrain", model.name, seed), pretrain)
+            curve = [50.0, 61.0, 60.0] if converged(model.name, seed) else [50.0, 55.0, 60.0]
+            selection = {"batch_size": 16, "learning_rate": 1e-3, "dev_score": max(curve), **convergence(curve)}
+            write_record(record_path(study, "finetune", model.name, seed, study.tasks[0]), {
+                "kind": "finetune", "scores": {"sw": {"f1": scores[model.name][seed]}}, "selection": selection,
+                "converged": selection["converged"],
+                "dev_curves": [{"batch_size": 16, "learning_rate": 1e-3, "epochs": [
+                    {"epoch": epoch, "dev_score": score} for epoch, score in enumerate(curve, 1)]}],
+            })  # fmt: skip
+
+
+def test_a_fine_tuning_cell_that_did_not_converge_is_marked_in_results_and_report(tmp_path):
+    from meta_xlm.study_report import build_study_report, read_results_csv
+
+    study = two_seed_study(tmp_path)
+    write_cells(study, {"random_init": [60.0, 61.0, 62.0], "joint_pair": [70.0, 71.0, 72.0]},
+                converged=lambda model, seed: (model, seed) != ("joint_pair", 1))  # fmt: skip
+    report = build_study_report(study).read_text()
+    flags = {(r["model"], r["seed"]): r["converged"] for r in read_results_csv(Path(study.results_dir) / "results.csv")
+             if r["task"] == "pos"}  # fmt: skip
+    assert flags[("joint_pair", 1)] == "no" and set(flags.values()) == {"yes", "no"}
+    assert "5 of 6 fine-tuning cells converged" in report
+    assert "| joint_pair | 1 | pos_within_sw | batch 16, lr 0.001 | 3 of 3 | +10.00 |" in report
+    assert "| joint_pair | 71.0 ± 1.0 (n=3) (1 not converged) |" in report
+    assert "| random_init | 61.0 ± 1.0 (n=3) |" in report
+
+
+def test_the_report_sets_an_earlier_studys_numbers_and_verdicts_beside_its_own(tmp_path):
+    from meta_xlm.study_report import build_study_report
+
+    earlier = two_seed_study(tmp_path / "earlier")
+    write_cells(earlier, {"random_init": [60.0, 61.0, 62.0], "joint_pair": [60.5, 61.5, 62.5]})
+    build_study_report(earlier)
+    study = two_seed_study(tmp_path, {"compare_with": earlier.results_dir})
+    write_cells(study, {"random_init": [60.0, 61.0, 62.0], "joint_pair": [70.0, 71.0, 72.0]})
+    report = build_study_report(study).read_text()
+    assert "1 of 1 verdicts changed." in report
+    assert ("| pretraining helps at all | joint_pair sw vs random_init sw | pos within f1 | not reproduced (no "
+            "difference beyond 2 spreads) | reproduced | yes |") in report
+    assert "| pos within sw f1 | joint_pair | 61.5 ± 1.0 (n=3) | 71.0 ± 1.0 (n=3) | +9.5 |" in report
+
+
+def test_a_kept_model_is_the_run_in_half_precision_and_loads_in_float32(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForTokenClassification
+
+    from meta_xlm import MetaXLMConfig, MetaXLMForMaskedLM
+    from meta_xlm.study import keep_pretrained_model
+
+    torch.manual_seed(0)
+    config = MetaXLMConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, languages=["en", "sw"], language_modules="adapters")  # fmt: skip
+    original = MetaXLMForMaskedLM(config)
+    original.save_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "perplexity.json").write_text('{"sw": 9.0}')
+    digest = keep_pretrained_model(tmp_path / "run", tmp_path / "kept")
+    assert len(digest) == 64 and not (tmp_path / ".kept.tmp").exists()
+    assert (tmp_path / "kept" / "perplexity.json").read_text() == '{"sw": 9.0}'
+    with safe_open(tmp_path / "kept" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(key).dtype for key in weights.keys()} == {torch.float16}
+    kept = AutoModelForTokenClassification.from_pretrained(tmp_path / "kept", num_labels=3)
+    encoder = {f"roberta.{k}": v for k, v in original.roberta.state_dict().items()}
+    for key, value in kept.state_dict().items():
+        if key in encoder:  # the encoder: the run's float32 weights rounded to float16, loaded back as float32
+            assert value.dtype == torch.float32 and torch.equal(value, encoder[key].half().float()), key
+    assert sum(key in encoder for key in kept.state_dict()) == len(encoder)

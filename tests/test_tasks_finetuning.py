@@ -118,3 +118,18 @@ def test_finetune_configs_use_known_fields_and_say_how_to_run(config):
     assert set(values) <= finetune_fields | training_fields, set(values) - finetune_fields - training_fields
     own = {key: value for key, value in values.items() if key in finetune_fields}
     check_arguments(FinetuneArguments(**{**own, "model_name_or_path": "checkpoint"}))
+
+
+def test_convergence_peaked_flattened_or_still_rising():
+    from meta_xlm.tasks.finetuning import convergence
+
+    peaked = convergence([40.0, 62.0, 55.0, 58.0])  # best epoch 2 of 4: the dev score peaked
+    assert peaked == {"best_epoch": 2, "epochs": 4, "gain_last_two_epochs": -4.0, "converged": True}
+    flattened = convergence([40.0, 60.0, 60.2, 60.4])  # best is the last, but +0.4 over the last two epochs
+    assert flattened["best_epoch"] == 4 and flattened["converged"]
+    rising = convergence([40.0, 50.0, 55.0, 60.0])  # +10 over the last two epochs, best the last: more would help
+    assert rising["gain_last_two_epochs"] == 10.0 and not rising["converged"]
+    assert convergence([30.0, 31.0, 31.0])["best_epoch"] == 2  # the first of equal scores, as the Trainer keeps it
+    assert not convergence([30.0, 40.0])["converged"]  # two epochs, still rising: no evidence of a plateau
+    with pytest.raises(ValueError, match="at least one epoch"):
+        convergence([])

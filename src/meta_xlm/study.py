@@ -10,7 +10,12 @@ report needs (scores, final perplexities, tokens seen, the pretraining run's los
   checkpoint; a fine-tuning cell starts over in an empty folder), never read half-written;
 - the checkpoints under `runs_dir` are scratch: a fresh clone (or another machine) holds the records, so it skips
   the complete cells and goes on with the rest. Only a row whose pretraining is recorded but whose fine-tuning
-  is not needs its checkpoint, and says so (see `pretrained_model`).
+  is not needs its checkpoint, and says so (see `pretrained_model`) — unless the study keeps its models
+  (`keep_models`): then each pretraining cell also commits its final model in half precision beside the records
+  and every fine-tuning cell reads that copy, so any row can be re-fine-tuned (e.g. under a new protocol)
+  without pretraining it again;
+- a fine-tuning cell's record keeps the dev curve of every grid point, the selected point and epoch, and whether
+  the selected point converged (meta_xlm.tasks.finetuning.convergence).
 `results.csv` and `report.md` are built from the records alone (meta_xlm.study_report).
 
 Study file (YAML): see recipes/configs/study/small_en_sw.yaml. Each entry of `models` is a grid row: a
@@ -21,6 +26,7 @@ its seeds; each entry of `tasks` is a recipes/finetune.py setting.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from safetensors.torch import load_file, save_file
 
 from meta_xlm.analysis.report import read_log_history
 
@@ -93,6 +100,13 @@ class StudySpec:
     figures: dict = field(default_factory=dict)  # {perplexity_models, loss_models, loss_max_step}
     # the cells' records (committed; default <results_dir>/cells). Two study files that share runs_dir share it too.
     records_dir: str | None = None
+    # Keep each pretraining cell's final model (half-precision weights, config, tokenizer: ~1.6 MB at the small
+    # studies' size) under <results_dir>/models/<row>/seed<N>, committed with the records; every fine-tuning cell
+    # reads that copy, so a fresh clone re-fine-tunes any row without pretraining it again (keep_pretrained_model).
+    keep_models: bool = False
+    # results_dir of an earlier study of the same rows whose numbers and verdicts the report sets beside these
+    # (e.g. the same grid fine-tuned under another protocol)
+    compare_with: str | None = None
 
     def __post_init__(self):
         self.records_dir = self.records_dir or str(Path(self.results_dir) / "cells")
@@ -201,7 +215,11 @@ def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     if previous.is_file() and yaml.safe_load(previous.read_text(encoding="utf-8")) != config:
         shutil.rmtree(folder)  # checkpoints of another configuration: start over rather than resume them
     wall = run_recipe("pretrain.py", config, folder, "--resume_from_checkpoint", "latest")
-    return {**pretrain_summary(folder, config, wall), "config": config}
+    summary = {**pretrain_summary(folder, config, wall), "config": config}
+    if study.keep_models:
+        kept = kept_model_folder(study, model.run_name, seed)
+        summary["kept_model"] = {"folder": str(kept), "sha256": keep_pretrained_model(folder, kept)}
+    return summary
 
 
 def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
@@ -257,15 +275,47 @@ def logged_sampling_probabilities(log_path: Path) -> dict[str, float]:
     return yaml.safe_load(lines[-1].split(marker, 1)[1])
 
 
-def pretrained_model(study: StudySpec, model: ModelSpec, seed: int) -> Path:
-    """The folder of a recorded pretraining run, which fine-tuning and gradient cells read. A record whose
-    checkpoints are gone (a fresh clone) cannot serve them: say what to do rather than fail inside a recipe."""
-    folder = pretrain_folder(study, model.run_name, seed)
+def kept_model_folder(study: StudySpec, run_name: str, seed: int) -> Path:
+    return Path(study.results_dir) / "models" / run_name / f"seed{seed}"
+
+
+KEPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "perplexity.json")
+
+
+def keep_pretrained_model(source: Path, target: Path) -> str:
+    """Copy what fine-tuning needs of a pretrained model folder to `target`: its config and tokenizer files and
+    its weights in half precision (float16: 10 mantissa bits, the weights of these models are O(0.01-1), so the
+    rounding is ~1e-4 relative and half the size of float32). Written to a temporary folder, then renamed, so
+    `target` is either whole or absent. Returns the SHA-256 of the kept weights file (recorded with the cell).
+
+    from_pretrained loads the kept model in float32 (config.json keeps the run's dtype), so a fine-tuning cell
+    trains exactly as it would from the float32 original rounded to float16."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for name in KEPT_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, temporary / name)
+    weights = load_file(source / "model.safetensors")
+    half = {key: value.half() if value.is_floating_point() else value for key, value in weights.items()}
+    save_file(half, temporary / "model.safetensors", metadata={"format": "pt"})
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(temporary, target)
+    return hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+
+
+def pretrained_model(study: StudySpec, model: ModelSpec, seed: int, checkpoints: bool = False) -> Path:
+    """The folder of a recorded pretraining run that fine-tuning cells read: the kept copy when the study keeps
+    its models, else the run folder under runs_dir, which also holds the checkpoints that gradient cells read
+    (`checkpoints=True`; a kept model has the final weights only). A record whose model is gone (runs_dir is
+    scratch: a fresh clone has none) cannot serve them: say what to do rather than fail inside a recipe."""
+    kept = study.keep_models and not checkpoints
+    folder = (kept_model_folder if kept else pretrain_folder)(study, model.run_name, seed)
     if not (folder / "config.json").is_file():
         record = record_path(study, "pretrain", model.run_name, seed)
         raise FileNotFoundError(
             f"{model.name} seed {seed}: its pretraining is recorded in {record} but the pretrained model is not in "
-            f"{folder} (runs_dir is scratch: a fresh clone has none). The row's remaining cells need it: delete "
+            f"{folder}. The row's remaining cells need it: delete "
             f"{record} to pretrain it again (its recorded results are replaced), or restore {folder}"
         )
     return folder
@@ -283,7 +333,9 @@ def finetune_config(study: StudySpec, model: ModelSpec, seed: int, task: TaskSpe
         "setting": task.setting,
         "train_language": task.train_language,
         "eval_languages": task.eval_languages,
-        "model_name_or_path": str(pretrain_folder(study, model.run_name, seed)),
+        "model_name_or_path": str(
+            (kept_model_folder if study.keep_models else pretrain_folder)(study, model.run_name, seed)
+        ),  # the folder pretrained_model checks
         "model_name": model.run_name,
         "output_dir": str(finetune_folder(study, model.run_name, seed, task)),
         "seed": study.finetune_seed,
@@ -299,10 +351,13 @@ def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskS
     wall = run_recipe("finetune.py", config, folder)
     record = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     shutil.rmtree(folder / "grid", ignore_errors=True)  # fine-tuned checkpoints: large, and no longer needed
+    best = {key: value for key, value in record["selection"]["best"].items() if key != "checkpoint"}
     return {
         "kind": "finetune",
         "scores": record["scores"],
-        "selection": record["selection"]["best"],
+        "selection": best,  # the selected grid point, its best epoch and the convergence test of its dev curve
+        "converged": best["converged"],
+        "dev_curves": record["selection"]["grid"],  # every grid point's dev score per epoch
         "wall_time_s": round(wall, 1),
         "config": config,
     }
@@ -323,7 +378,7 @@ def gradients_config(study: StudySpec, model: ModelSpec, seed: int) -> dict:
 
 def run_gradients_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     """Fig. 3: gradient cosine (pairs and the same-language baseline) over the run's checkpoints."""
-    pretrained_model(study, model, seed)
+    pretrained_model(study, model, seed, checkpoints=True)
     folder = gradients_folder(study, model.run_name, seed)
     shutil.rmtree(folder, ignore_errors=True)
     config = gradients_config(study, model, seed)

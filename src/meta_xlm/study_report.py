@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import statistics
 from collections import defaultdict
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from meta_xlm.analysis.plots import plot_curves
+from meta_xlm.analysis.plots import plot_conflict_matrix, plot_conflict_scatter, plot_curves
 from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve
 from meta_xlm.study import DIAGNOSTIC_KEYS, ModelSpec, StudySpec, read_record, record_path
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
@@ -30,8 +31,9 @@ from meta_xlm.tasks.reference import REFERENCE
 
 RESULT_FIELDS = [
     "model", "paper_row", "seed", "task", "setting", "language", "metric", "value",
-    "pretrain_steps", "tokens_seen", "pretrain_wall_time_s",
+    "pretrain_steps", "tokens_seen", "pretrain_wall_time_s", "converged",
 ]  # fmt: skip
+CONVERGED = {True: "yes", False: "no", None: ""}  # a fine-tuning cell's flag ("": recorded before it existed)
 
 
 def result_rows(study: StudySpec) -> list[dict]:
@@ -43,10 +45,12 @@ def result_rows(study: StudySpec) -> list[dict]:
             rows.append({**common, "task": "pretrain", "setting": "", "language": language,
                          "metric": "perplexity", "value": value})  # fmt: skip
         for task in filter(model.fine_tunes, study.tasks):
-            cell = read_record(record_path(study, "finetune", model.run_name, seed, task))
-            for language, scores in (cell or {}).get("scores", {}).items():
+            cell = read_record(record_path(study, "finetune", model.run_name, seed, task)) or {}
+            converged = CONVERGED[cell.get("converged")]
+            for language, scores in cell.get("scores", {}).items():
                 rows.extend({**common, "task": task.task, "setting": task.setting, "language": language,
-                             "metric": metric, "value": value} for metric, value in scores.items())  # fmt: skip
+                             "metric": metric, "value": value, "converged": converged}
+                            for metric, value in scores.items())  # fmt: skip
         gradients = read_record(record_path(study, "gradients", model.run_name, seed))
         for row in (gradients or {}).get("rows", []):
             if row["segment"] == "all":
@@ -332,15 +336,55 @@ def task_table(study: StudySpec, rows: Sequence[Mapping], task: str, setting: st
     table = []
     for model in study.models:
         line = {"model": model.name}
+        unconverged = unconverged_seeds(rows, model.name, task, setting)
+        mark = f" ({len(unconverged)} not converged)" if unconverged else ""
         for language in languages:
             summary = summarize(values_of(rows, model.name, task, setting, language, metric))
-            line[language] = summary.text() if summary else "–"
+            line[language] = summary.text() + mark if summary else "–"
         reported = MAIN_METRIC.get(task) == metric  # the paper prints one metric per task
         reference = REFERENCE.get(task, {}).get(setting, {}).get(model.paper_row or "", {}) if reported else {}
         key = next((language for language in languages if language in reference), "avg")
         line["paper"] = f"{reference[key]} ({key})" if key in reference else "–"
         table.append(line)
     return table
+
+
+def unconverged_seeds(rows: Sequence[Mapping], model: str, task: str, setting: str) -> list[int]:
+    """Seeds whose fine-tuning cell did not converge (meta_xlm.tasks.finetuning.convergence): the table marks
+    them rather than scoring them silently."""
+    return sorted({r["seed"] for r in rows if (r["model"], r["task"], r["setting"]) == (model, task, setting)
+                   and r.get("converged") == "no"})  # fmt: skip
+
+
+def gain_text(gain: float | None) -> str:
+    return "– (fewer than 3 epochs)" if gain is None else f"{gain:+.2f}"
+
+
+def convergence_section(study: StudySpec) -> str:
+    """How many fine-tuning cells converged, and the ones that did not: selected point, best epoch and the dev
+    score's gain over the last two epochs."""
+    flagged, unconverged = 0, []
+    for model in study.models:
+        for seed in model.seeds:
+            for task in filter(model.fine_tunes, study.tasks):
+                cell = read_record(record_path(study, "finetune", model.run_name, seed, task)) or {}
+                if cell.get("converged") is None:
+                    continue
+                flagged += 1
+                if not cell["converged"]:
+                    selection = cell["selection"]
+                    unconverged.append({
+                        "model": model.name, "seed": seed, "task": task.name,
+                        "selected": f"batch {selection['batch_size']}, lr {selection['learning_rate']:g}",
+                        "best epoch": f"{selection['best_epoch']} of {selection['epochs']}",
+                        "gain over the last two epochs": gain_text(selection["gain_last_two_epochs"]),
+                    })  # fmt: skip
+    if not flagged:
+        return ""
+    head = (f"## Convergence of fine-tuning\n\n{flagged - len(unconverged)} of {flagged} fine-tuning cells converged "
+            "(the selected grid point's best dev epoch is not its last, or its dev score gained < 0.5 over the last "
+            "two epochs); tables mark the others.")  # fmt: skip
+    return head + (f"\n\n{dict_table(unconverged)}" if unconverged else "")
 
 
 def early_loss(history: Sequence[Mapping], max_step: int) -> float | None:
@@ -480,6 +524,55 @@ def table_sections(study: StudySpec, rows: Sequence[Mapping]) -> list[str]:
     return sections
 
 
+def compared_numbers(study: StudySpec, rows: Sequence[Mapping], before: Sequence[Mapping]) -> list[dict]:
+    """Each row's main score per task (and its final perplexity) in the earlier study and in this one."""
+    measures = [(t.task, t.setting, language, MAIN_METRIC[t.task]) for t in study.tasks for language in t.eval_languages]
+    languages = sorted({r["language"] for r in rows if r["task"] == "pretrain" and r["metric"] == "perplexity"})
+    measures += [("pretrain", "", language, "perplexity") for language in languages]
+    table = []
+    for task, setting, language, metric in measures:
+        for model in study.models:
+            old = summarize(values_of(before, model.name, task, setting, language, metric))
+            new = summarize(values_of(rows, model.name, task, setting, language, metric))
+            if old is None and new is None:
+                continue
+            table.append({
+                "measure": " ".join(filter(None, (task, setting, language, metric))), "model": model.name,
+                "before": old.text() if old else "–", "now": new.text() if new else "–",
+                "change": f"{new.mean - old.mean:+.1f}" if old and new else "",
+            })  # fmt: skip
+    return table
+
+
+def changed_verdicts(verdicts: Sequence[Mapping], before: Sequence[Mapping]) -> list[dict]:
+    """Each verdict of this study beside the earlier study's verdict on the same claim, comparison and measure."""
+    earlier = {(v["claim"], v["comparison"], v["measure"]): v["verdict"] for v in before}
+    return [
+        {"claim": v["claim"], "comparison": v["comparison"], "measure": v["measure"],
+         "before": earlier.get((v["claim"], v["comparison"], v["measure"]), "–"), "now": v["verdict"],
+         "changed": "yes" if earlier.get((v["claim"], v["comparison"], v["measure"]), v["verdict"]) != v["verdict"] else ""}
+        for v in verdicts
+    ]  # fmt: skip
+
+
+def comparison_sections(study: StudySpec, rows: Sequence[Mapping], verdicts: Sequence[Mapping]) -> list[str]:
+    """With `compare_with`: the earlier study's numbers and verdicts beside this one's (e.g. the same rows
+    fine-tuned under another protocol), and which verdicts changed."""
+    if not study.compare_with:
+        return []
+    earlier = Path(study.compare_with)
+    with (earlier / "verdicts.csv").open(encoding="utf-8") as handle:
+        verdicts_before = list(csv.DictReader(handle))
+    changes = changed_verdicts(verdicts, verdicts_before)
+    changed = sum(1 for change in changes if change["changed"])
+    return [
+        f"## Verdicts before ({earlier}) and now\n\n{changed} of {len(changes)} verdicts changed.\n\n"
+        + dict_table(changes),
+        f"## Numbers before ({earlier}) and now (mean ± sd over pretraining seeds)\n\n"
+        + dict_table(compared_numbers(study, rows, read_results_csv(earlier / "results.csv"))),
+    ]
+
+
 def cell_counts(study: StudySpec) -> str:
     done = total = 0
     for model in study.models:
@@ -521,6 +614,9 @@ def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") 
         "## Verdicts\n\nEffect = mean(first) − mean(second) over seeds (sign flipped where lower is better); "
         "spread = its standard error. Reproduced: effect > 2 spreads.\n\n" + dict_table(verdicts) if verdicts else "",
         TREATMENTS_INTRO + dict_table(treatments) if treatments else "",
+        *seven_language_sections(study, rows, results_dir),  # the seven-language study's verdicts (issue 29)
+        *comparison_sections(study, rows, verdicts),
+        convergence_section(study),
         "## Results (mean ± sd over pretraining seeds; `paper`: the paper's number for that row)",
         *table_sections(study, rows),
         "## Figures",
@@ -529,3 +625,273 @@ def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") 
     report = results_dir / "report.md"
     report.write_text("\n\n".join(section for section in sections if section) + "\n", encoding="utf-8")
     return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seven-language study (recipes/configs/study/small_7lang.yaml, issue 29): rows are named all_7*, mono_<x>,
+# joint_pair_en_<x>, random_init. Verdicts 1-4: the curse, conflict vs loss, recoveries, the meta objective's cost.
+# ---------------------------------------------------------------------------------------------------------
+
+SEVEN_ROW = "all_7"
+RECOVERY_ROWS = ("all_7_adpt", "all_7_meta_adpt_k2")  # +adpt, +meta adpt (the sampled meta objective)
+FLAT_TEMPERATURE_ROW = "all_7_temperature_5"
+META_ALL_ROW = "all_7_meta_adpt_all"  # all seven languages in the meta objective
+CURSE_LANGUAGES = ("te", "sw")
+
+
+def within_measures(study: StudySpec, language: str) -> list[tuple[str, str, str, bool]]:
+    """(task, setting, metric, lower_is_better) of the study's within-language tasks in `language`, then its
+    validation perplexity."""
+    measures = [(task.task, "within", "f1", False) for task in study.tasks
+                if task.setting == "within" and task.train_language == language and task.task in FINE_TUNING_TASKS]  # fmt: skip
+    return [*measures, ("pretrain", "", "perplexity", True)]
+
+
+def pretraining_tokens(study: StudySpec, model: str, language: str) -> str:
+    """The mean over recorded seeds of the tokens of `language` the row pretrained on ("–": none recorded)."""
+    seen = [record["tokens_seen"].get(language, 0) for spec, _, record in pretrain_records(study) if spec.name == model]
+    return f"{statistics.fmean(seen) / 1e6:.2f}M" if seen else "–"
+
+
+def seven_verdict(study: StudySpec, claim: Claim, rows: Sequence[Mapping]) -> dict:
+    """verdict() with the claim's language and each side's pretraining tokens in that language."""
+    tokens = f"{pretraining_tokens(study, claim.better, claim.language)} / {pretraining_tokens(study, claim.worse, claim.language)}"
+    return {**verdict(claim, rows), "language": claim.language, "tokens (first / second)": tokens}
+
+
+def seven_pretraining_gates(study: StudySpec, rows: Sequence[Mapping], language: str) -> list[dict]:
+    """Per within-language task of `language`: the best pretrained row that fine-tunes on it vs random init."""
+    gates = []
+    for task in study.tasks:
+        if task.setting != "within" or task.train_language != language or task.task not in FINE_TUNING_TASKS:
+            continue
+        pretrained = [m.name for m in study.models if m.name != "random_init" and m.fine_tunes(task)]
+        claim = Claim(PRETRAINING_HELPS, "best pretrained row", "random_init", task.task, "within", language, "f1")
+        gates.append({**best_of_verdict(claim, pretrained, ["random_init"], rows), "language": language,
+                      "tokens (first / second)": ""})  # fmt: skip
+    return gates
+
+
+def curse_claims(names: set[str], language: str) -> list[tuple[str, str, str]]:
+    """(text, better, worse) of Mono ≥ JointPair ≥ All-7 for one language, among the study's rows."""
+    mono, pair = f"mono_{language}", f"joint_pair_en_{language}"
+    chain = [("Mono ≥ JointPair", mono, pair), ("JointPair ≥ All-7", pair, SEVEN_ROW), ("Mono ≥ All-7", mono, SEVEN_ROW)]
+    return [entry for entry in chain if entry[1] in names and entry[2] in names]
+
+
+def recovery_claims(names: set[str], language: str) -> list[tuple[str, str, str]]:
+    """(text, better, worse): each recovery row vs All-7 (does it recover the loss?) and vs T = 5."""
+    claims = []
+    for row in (row for row in RECOVERY_ROWS if row in names):
+        claims.append((f"{row} recovers All-7's loss", row, SEVEN_ROW))
+        if FLAT_TEMPERATURE_ROW in names:
+            claims.append((f"{row} beats T = 5", row, FLAT_TEMPERATURE_ROW))
+    return claims
+
+
+def gate_per_language(verdicts: Sequence[Mapping]) -> list[dict]:
+    """gate_on_pretraining within each language: the same task and setting (e.g. NER within) is a different
+    fine-tuning set in te, sw and hi, so each language has its own gate."""
+    languages = list(dict.fromkeys(entry["language"] for entry in verdicts))
+    gated = {}
+    for language in languages:
+        group = [(index, entry) for index, entry in enumerate(verdicts) if entry["language"] == language]
+        gated.update(zip((index for index, _ in group), gate_on_pretraining([entry for _, entry in group])))
+    return [gated[index] for index in range(len(verdicts))]
+
+
+def seven_language_verdicts(study: StudySpec, rows: Sequence[Mapping], claims_of) -> list[dict]:
+    """Verdicts of `claims_of(names, language)` on every within measure of te and sw, with the pretraining gates."""
+    names = {model.name for model in study.models}
+    verdicts = []
+    for language in CURSE_LANGUAGES:
+        verdicts += seven_pretraining_gates(study, rows, language)
+        for text, better, worse in claims_of(names, language):
+            for task, setting, metric, lower in within_measures(study, language):
+                claim = Claim(text, better, worse, task, setting, language, metric, lower_is_better=lower)
+                verdicts.append(seven_verdict(study, claim, rows))
+    return gate_per_language(verdicts)
+
+
+ALPHA = 0.05  # claim 2's one-sided test level
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """0-based ranks; tied values share the mean of their ranks."""
+    ordered = sorted(values)
+    return [statistics.fmean(rank for rank, other in enumerate(ordered) if other == value) for value in values]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ: Pearson's correlation of the ranks; NaN when a side is constant (no ordering to compare)."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return float("nan")
+    return statistics.correlation(rx, ry)
+
+
+def permutation_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Exact one-sided p of a correlation at most as high as the observed ρ, over every ordering of y (n ≤ 8)."""
+    observed = spearman(x, y)
+    orderings = list(itertools.permutations(y))
+    return sum(spearman(x, ordering) <= observed + 1e-12 for ordering in orderings) / len(orderings)
+
+
+def fewest_testable_points() -> int:
+    """The smallest n whose best possible ordering reaches p < ALPHA (one ordering in n!): 4 at 0.05."""
+    return next(n for n in itertools.count(2) if 1 / math.factorial(n) < ALPHA)
+
+
+def conflict_points(study: StudySpec, rows: Sequence[Mapping]) -> list[dict]:
+    """Claim 2's data, one entry per within-language task in a language other than English: All-7's mean en-X
+    gradient cosine (over checkpoints, then seeds) and its drop from Mono-X (else JointPair en-X) with the spread."""
+    names = {model.name for model in study.models}
+    points = []
+    for task in study.tasks:
+        language = task.train_language
+        if task.setting != "within" or language == "en" or task.task not in FINE_TUNING_TASKS:
+            continue
+        reference = next((row for row in (f"mono_{language}", f"joint_pair_en_{language}") if row in names), None)
+        cosine = summarize(values_of(rows, SEVEN_ROW, "gradients", "", f"en-{language}", "cosine"))
+        drop = verdict(Claim("drop", reference, SEVEN_ROW, task.task, "within", language, "f1"), rows) if reference else {}
+        points.append({"language": language, "task": task.task, "reference": reference or "none in the study",
+                       "en-X cosine": cosine.mean if cosine else None, "cosine sd": cosine.sd if cosine else None,
+                       "drop": float(drop["effect"]) if drop.get("effect") else None,
+                       "drop spread": float(drop["spread"]) if drop.get("spread") else None})  # fmt: skip
+    return points
+
+
+def conflict_verdicts(points: Sequence[Mapping]) -> list[dict]:
+    """Per task: does a lower en-X cosine go with a larger drop (Spearman ρ < 0, exact one-sided p < ALPHA)?"""
+    verdicts = []
+    for task in dict.fromkeys(point["task"] for point in points):
+        usable = [p for p in points if p["task"] == task and p["en-X cosine"] is not None and p["drop"] is not None]
+        x, y = [p["en-X cosine"] for p in usable], [p["drop"] for p in usable]
+        entry = {"claim": "conflict predicts loss", "measure": f"{task} within f1", "points": len(usable),
+                 "languages": " ".join(p["language"] for p in usable)}  # fmt: skip
+        if len(usable) < fewest_testable_points():
+            outcome = (f"cannot be tested: {len(usable)} language(s) with both measures; fewer than "
+                       f"{fewest_testable_points()} points cannot reach p < {ALPHA} in any order")  # fmt: skip
+            verdicts.append({**entry, "rho": "", "p": "", "verdict": outcome})
+            continue
+        rho, p = spearman(x, y), permutation_p(x, y)
+        shown = rho < 0 and p < ALPHA
+        outcome = "yes: lower cosine, larger drop" if shown else "not shown"
+        verdicts.append({**entry, "rho": f"{rho:+.2f}", "p": f"{p:.3f}", "verdict": outcome})
+    return verdicts
+
+
+CONFLICT_INTRO = (
+    "## 2. Does gradient conflict predict the loss?\n\n"
+    "Per language X: All-7's mean en-X cosine of the shared gradients (whole model; mean over checkpoints, then "
+    "seeds) against X's within-language drop (Mono-X, else JointPair en-X, minus All-7; F1 points, spread its "
+    "standard error). Test: Spearman's ρ over languages, exact one-sided permutation p. **What so few points can "
+    "and cannot show:** at most six en-X pairs exist (seven languages), and only languages with a Mono or "
+    "JointPair row have a drop; {n} points are needed before any ordering can reach p < {alpha}. Even then a "
+    "correlation over languages cannot tell conflict from what varies with it across languages (script, "
+    "pretraining tokens, text domain, fine-tuning data), cannot show that conflict causes the loss, and one "
+    "language (te: fewest tokens, its own script) can make or break it. It can show whether the ordering of "
+    "languages by conflict matches their ordering by loss.\n\n"
+)
+
+
+META_ANSWERS = {  # all seven (first) vs k = 2 (second): is the sampled objective as good?
+    "reproduced": "no: all seven is better",
+    "not reproduced (the opposite holds)": "yes: k = 2 is better",
+    "not reproduced (no difference beyond 2 spreads)": "yes: no difference beyond 2 spreads",
+    "inconclusive": "yes: no difference beyond 2 spreads (fewer than 3 seeds a side)",
+}
+
+
+def seconds_per_step(study: StudySpec, model: str) -> float | None:
+    """Mean over recorded seeds of the pretraining cell's wall time per optimizer step (data preparation and the
+    final evaluation included: the same for every All-7 row)."""
+    values = [r["wall_time_s"] / r["steps"] for spec, _, r in pretrain_records(study) if spec.name == model and r["steps"]]
+    return statistics.fmean(values) if values else None
+
+
+def meta_objective_claims(names: set[str], language: str) -> list[tuple[str, str, str]]:
+    return [("sampled meta objective (k = 2) as good as all seven", META_ALL_ROW, RECOVERY_ROWS[1])]
+
+
+def meta_objective_verdicts(study: StudySpec, rows: Sequence[Mapping]) -> tuple[list[dict], str]:
+    """Claim 4: all seven languages in the meta objective vs the sampled k = 2, per within measure of te and sw,
+    and the cost ratio (wall time per step, all seven / k = 2)."""
+    sampled = RECOVERY_ROWS[1]
+    names = {model.name for model in study.models}
+    if not {sampled, META_ALL_ROW} <= names:
+        return [], ""
+    verdicts = [{**entry, "verdict": META_ANSWERS.get(entry["verdict"], entry["verdict"])}
+                if entry["claim"] != PRETRAINING_HELPS else entry
+                for entry in seven_language_verdicts(study, rows, meta_objective_claims)]  # fmt: skip
+    costs = seconds_per_step(study, META_ALL_ROW), seconds_per_step(study, sampled)
+    cost = (f"Cost: {costs[0]:.2f} s per step with all seven, {costs[1]:.2f} s with k = 2: ratio {costs[0] / costs[1]:.2f} "
+            "(wall time of the pretraining cells on a shared machine)" if None not in costs else "Cost: not yet run")  # fmt: skip
+    return verdicts, cost
+
+
+def seven_matrix_rows(study: StudySpec) -> list[dict]:
+    """All-7's gradient matrix from its gradient records (every checkpoint and seed): each pair in both orders,
+    "en-en" as (en, en#2), and 1 on the diagonal (a gradient with itself, by definition)."""
+    spec = study.model(SEVEN_ROW)
+    matrix = []
+    for seed in spec.seeds:
+        for row in (read_record(record_path(study, "gradients", spec.run_name, seed)) or {}).get("rows", []):
+            a, b = row["pair"].split("-")
+            pairs = [(a, f"{b}#2")] if a == b else [(a, b), (b, a)]
+            matrix += [{"segment": row["segment"], "language_a": x, "language_b": y, "cosine": row["cosine"]} for x, y in pairs]
+    segments = {row["segment"] for row in matrix}
+    languages = study.gradients.get("languages", [])
+    return matrix + [{"segment": segment, "language_a": language, "language_b": language, "cosine": 1.0}
+                     for segment in sorted(segments) for language in languages]  # fmt: skip
+
+
+def conflict_figures(study: StudySpec, points: Sequence[Mapping], results_dir: Path) -> list[str]:
+    """The 7 × 7 heatmap (whole model, per layer) and claim 2's scatter, with their CSVs; Markdown lines."""
+    lines = []
+    matrix = seven_matrix_rows(study) if study.gradients.get("matrix") else []
+    if matrix:
+        write_csv(results_dir / "gradient_matrix.csv", matrix)
+        layers = sorted({r["segment"] for r in matrix if r["segment"].startswith("layer.") and r["segment"].count(".") == 1})
+        languages = study.gradients["languages"]
+        plot_conflict_matrix(matrix, languages, languages[0], results_dir / "gradient_matrix.png", ["all", *layers])
+        lines.append("![All-7 gradient cosines](gradient_matrix.png) ([data](gradient_matrix.csv))")
+    plotted = [p for p in points if p["en-X cosine"] is not None and p["drop"] is not None]
+    if points:
+        write_csv(results_dir / "conflict_vs_drop.csv", points)
+    if plotted:
+        plot_conflict_scatter(plotted, results_dir / "conflict_vs_drop.png")
+        lines.append("![en-X cosine vs within-language drop](conflict_vs_drop.png) ([data](conflict_vs_drop.csv))")
+    return lines
+
+
+SEVEN_INTRO = (
+    "Effect = mean(first) − mean(second) over seeds (sign flipped for perplexity), spread = its standard error; "
+    "reproduced: effect > 2 spreads; each language's fine-tuning verdicts are gated on the best pretrained row "
+    "beating random init on that task in that language. Perplexities of rows with different languages come from "
+    "different tokenizers (same vocabulary size): per-token, so a loose comparison. Tokens: the language's "
+    "pretraining tokens of each side (mean over seeds).\n\n"
+)
+
+
+def seven_language_sections(study: StudySpec, rows: Sequence[Mapping], results_dir: Path) -> list[str]:
+    """Verdicts 1-4 of the seven-language study (empty for a study without an all_7 row); writes
+    verdicts_7lang.csv and the claim-2 and gradient-matrix figures."""
+    if SEVEN_ROW not in {model.name for model in study.models}:
+        return []
+    curse = seven_language_verdicts(study, rows, curse_claims)
+    recovery = seven_language_verdicts(study, rows, recovery_claims)
+    points = conflict_points(study, rows)
+    conflict = conflict_verdicts(points)
+    meta, cost = meta_objective_verdicts(study, rows)
+    write_csv(results_dir / "verdicts_7lang.csv", curse + recovery + meta)
+    if conflict:
+        write_csv(results_dir / "conflict_verdicts.csv", conflict)
+    return [
+        "## 1. The curse: Mono ≥ JointPair ≥ All-7 on te and sw?\n\n" + SEVEN_INTRO + dict_table(curse),
+        CONFLICT_INTRO.format(n=fewest_testable_points(), alpha=ALPHA) + dict_table(conflict) + "\n\n" + dict_table(points),
+        *conflict_figures(study, points, results_dir),
+        "## 3. Do +adpt and +meta adpt recover All-7's loss, and beat T = 5?\n\n" + SEVEN_INTRO + dict_table(recovery),
+        "## 4. Is the sampled meta objective (k = 2) as good as all seven, at what cost?\n\n"
+        + (dict_table(meta) + "\n\n" + cost if meta else "Not yet in the study (rows pending)."),
+    ]

@@ -162,8 +162,15 @@ def test_analyze_gradients_over_checkpoints(pretrained, tmp_path):
         "--corpus_files",
         f"en={texts['en']}",
         f"sw={texts['sw']}",
+        "--matrix",
+        "true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    with (out / "gradient_matrix.csv").open() as handle:
+        matrix = list(csv.DictReader(handle))
+    # en, sw and en#2 (the second English batch) against each other, per checkpoint and segment
+    assert {(r["language_a"], r["language_b"]) for r in matrix} == {(a, b) for a in ("en", "sw", "en#2") for b in ("en", "sw", "en#2")}
+    assert (out / "gradient_matrix.png").is_file()
     with (out / "gradient_conflict.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sorted({int(row["step"]) for row in rows}) == [50, 100, 150]

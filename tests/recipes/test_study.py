@@ -93,3 +93,35 @@ def test_study_runs_skips_complete_cells_and_redoes_interrupted_ones(tmp_path):
     record.unlink()
     log = run_study(study_file, expect_success=False)
     assert "pretrained model is not in" in log and "joint_pair/seed0.json to pretrain it again" in log
+
+
+def test_a_study_that_keeps_its_models_re_fine_tunes_a_fresh_clone_to_the_same_scores(tmp_path):
+    """keep_models: each pretraining cell commits its final model (half precision) beside the records and the
+    fine-tuning cells read it; with runs_dir gone (a fresh clone), a fine-tuning cell run again from the kept model
+    gives the recorded scores, and its record holds every grid point's dev curve and the convergence flag."""
+    values = micro_study(tmp_path)
+    values["keep_models"] = True
+    values["finetune"] = {**values["finetune"], "epochs": 3, "learning_rates": [5e-4, 1e-3]}
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(values))
+    assert run_study(study_file).count("cell: ") == 4
+
+    results = tmp_path / "results"
+    pretrain = json.loads((results / "cells" / "pretrain" / "joint_pair" / "seed0.json").read_text())
+    kept = results / "models" / "joint_pair" / "seed0"
+    assert pretrain["kept_model"]["folder"] == str(kept) and (kept / "tokenizer.json").is_file()
+    record_file = results / "cells" / "finetune" / "joint_pair" / "seed0" / "pos_within_sw.json"
+    record = json.loads(record_file.read_text())
+    assert record["config"]["model_name_or_path"] == str(kept)
+    assert [len(point["epochs"]) for point in record["dev_curves"]] == [3, 3]
+    assert record["selection"]["epochs"] == 3 and 1 <= record["selection"]["best_epoch"] <= 3
+    assert record["converged"] == record["selection"]["converged"] and isinstance(record["converged"], bool)
+    with (results / "results.csv").open() as handle:
+        flags = {row["converged"] for row in csv.DictReader(handle) if row["task"] == "pos"}
+    assert flags == {"yes" if record["converged"] else "no"}
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: records and kept models only
+    record_file.unlink()
+    assert run_study(study_file).count("cell: ") == 1
+    again = json.loads(record_file.read_text())
+    assert again["scores"] == record["scores"] and again["dev_curves"] == record["dev_curves"]

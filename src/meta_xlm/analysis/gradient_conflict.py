@@ -4,7 +4,8 @@ Every k training steps, one batch per language (accumulated to `target_sentences
 gradient of the MLM loss with respect to the SHARED parameters θ (`parameter_groups(model).shared`); the cosine
 similarity between two languages' gradients is logged for the whole model and for every layer and sublayer
 (attention vs feed-forward), with a same-language baseline from two independent batches of the reference
-language ("En-En").
+language ("En-En"). `cosine_matrices` gives the same cosines for every pair of many languages at once (the
+n × n matrix of the seven-language study, whole model and per layer).
 
 The measurement must not change training: gradients come from `torch.autograd.grad` (no `.grad`, no optimizer),
 the model runs in eval mode (no dropout), and the random state of torch (CPU + CUDA), python and numpy is saved
@@ -163,6 +164,60 @@ def seed_probe(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+REPLICATE_SUFFIX = "#2"  # the reference language's second, independent batch (the En-En baseline)
+
+
+def replicate_of(language: str) -> str:
+    return f"{language}{REPLICATE_SUFFIX}"
+
+
+def language_gradients(
+    model: nn.Module,
+    batches_by_language: Mapping[str, Iterator[Mapping[str, torch.Tensor]]],
+    target_sentences: int,
+    reference_language: str | None,
+    seed: int,
+    gradient_index: SharedGradientIndex,
+) -> dict[str, torch.Tensor]:
+    """The accumulated shared-parameter gradient of every language in `batches_by_language` order, then
+    `replicate_of(reference)` from a second, independent accumulation of the reference language (default: the
+    first). Training state (RNG, .grad, train/eval flag) is unchanged afterwards; the probe's own randomness
+    (e.g. MLM masking in a collator) comes from `seed`."""
+    languages = list(batches_by_language)
+    reference = reference_language or languages[0]
+    if reference not in batches_by_language:
+        raise ValueError(
+            f"reference_language={reference!r} has no batches; languages with batches: {languages}"
+        )
+    with preserved_rng_state(), eval_mode(model):
+        seed_probe(seed)
+        gradients = {}
+        for language in [*languages, replicate_of(reference)]:
+            source = batches_by_language[language.removesuffix(REPLICATE_SUFFIX)]
+            gradients[language], _ = accumulated_gradient(model, gradient_index, source, target_sentences)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each process measured its own batches: the full-batch gradient is the mean over processes.
+            for flat in gradients.values():
+                torch.distributed.all_reduce(flat)
+                flat /= torch.distributed.get_world_size()
+    return gradients
+
+
+def pair_cosines(
+    gradients: Mapping[str, torch.Tensor], gradient_index: SharedGradientIndex
+) -> dict[str, dict[str, float]]:
+    """{"a-b": segment cosines} for every pair of languages of `language_gradients`' result, in order, plus
+    "<ref>-<ref>": the reference language against its replicate."""
+    *languages, replicate = gradients
+    reference = replicate.removesuffix(REPLICATE_SUFFIX)
+    results = {
+        f"{a}-{b}": segment_cosines(gradients[a], gradients[b], gradient_index)
+        for a, b in itertools.combinations(languages, 2)
+    }
+    results[f"{reference}-{reference}"] = segment_cosines(gradients[reference], gradients[replicate], gradient_index)
+    return results
+
+
 def measure_gradient_conflict(
     model: nn.Module,
     batches_by_language: Mapping[str, Iterator[Mapping[str, torch.Tensor]]],
@@ -178,34 +233,43 @@ def measure_gradient_conflict(
     `reference_language` (default: the first language). Training state (RNG, .grad, train/eval flag) is unchanged
     afterwards; the probe's own randomness (e.g. MLM masking in a collator) comes from `seed`.
     """
-    languages = list(batches_by_language)
-    reference = reference_language or languages[0]
-    if reference not in batches_by_language:
-        raise ValueError(
-            f"reference_language={reference!r} has no batches; languages with batches: {languages}"
-        )
     gradient_index = gradient_index or shared_gradient_index(model)
-    with preserved_rng_state(), eval_mode(model):
-        seed_probe(seed)
-        gradients = {}
-        for language in languages:
-            gradients[language], _ = accumulated_gradient(
-                model, gradient_index, batches_by_language[language], target_sentences
-            )
-        replicate, _ = accumulated_gradient(
-            model, gradient_index, batches_by_language[reference], target_sentences
-        )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Each process measured its own batches: the full-batch gradient is the mean over processes.
-            for flat in (*gradients.values(), replicate):
-                torch.distributed.all_reduce(flat)
-                flat /= torch.distributed.get_world_size()
-    results = {
-        f"{a}-{b}": segment_cosines(gradients[a], gradients[b], gradient_index)
-        for a, b in itertools.combinations(languages, 2)
-    }
-    results[f"{reference}-{reference}"] = segment_cosines(gradients[reference], replicate, gradient_index)
-    return results
+    gradients = language_gradients(
+        model, batches_by_language, target_sentences, reference_language, seed, gradient_index
+    )
+    return pair_cosines(gradients, gradient_index)
+
+
+# ---------------------------------------------------------------------------------------------- matrix
+def cosine_matrices(
+    gradients: Mapping[str, torch.Tensor], gradient_index: SharedGradientIndex
+) -> dict[str, np.ndarray]:
+    """{segment: (n, n) cosines between every two of the n named gradients}, from one Gram matrix per parameter
+    (so n gradients cost one pass, not n² passes). Row/column i is the i-th name of `gradients`; the diagonal
+    compares a gradient with itself (1, or NaN where the segment's gradient is zero)."""
+    stacked = torch.stack([flat.double() for flat in gradients.values()])  # (n, numel)
+    grams = torch.stack(
+        [chunk @ chunk.T for chunk in stacked.split(gradient_index.sizes, dim=1)]
+    )  # (num_params, n, n)
+    matrices = {}
+    for segment, indices in gradient_index.segments.items():
+        gram = grams[indices].sum(0)  # (n, n)
+        norms = gram.diagonal().sqrt()
+        matrices[segment] = (gram / torch.outer(norms, norms)).numpy()  # 0/0 = NaN, as segment_cosines
+    return matrices
+
+
+MATRIX_CSV_FIELDS = ["step", "segment", "language_a", "language_b", "cosine"]
+
+
+def matrix_rows(step: int, names: list[str], matrices: Mapping[str, np.ndarray]) -> list[dict]:
+    """The matrices as long rows, every ordered pair (language_a, language_b) of `names` per segment."""
+    return [
+        {"step": step, "segment": segment, "language_a": a, "language_b": b, "cosine": float(matrix[i, j])}
+        for segment, matrix in matrices.items()
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+    ]
 
 
 def endless(batches: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[Mapping[str, torch.Tensor]]:
@@ -339,10 +403,15 @@ __all__ = [
     "GradientConflictLog",
     "SharedGradientIndex",
     "accumulated_gradient",
+    "cosine_matrices",
     "endless",
     "eval_mode",
+    "language_gradients",
+    "matrix_rows",
     "measure_gradient_conflict",
+    "pair_cosines",
     "preserved_rng_state",
+    "replicate_of",
     "segment_cosines",
     "shared_gradient_index",
 ]

@@ -103,3 +103,54 @@ def plot_curves(
 
 
 __all__ = ["plot_curves", "plot_extreme_groups", "plot_gradient_conflict", "plot_mask_similarity"]
+
+
+def mean_matrix(rows: Sequence[Mapping], segment: str) -> dict[tuple[str, str], float]:
+    """{(language_a, language_b): mean cosine over the rows (e.g. checkpoints, seeds)} of one segment."""
+    values = defaultdict(list)
+    for row in rows:
+        if row["segment"] == segment:
+            values[(row["language_a"], row["language_b"])].append(float(row["cosine"]))
+    return {pair: sum(found) / len(found) for pair, found in values.items()}
+
+
+def plot_conflict_matrix(
+    rows: Sequence[Mapping], languages: Sequence[str], reference: str, path: str | Path, segments: Sequence[str]
+) -> Path:
+    """The languages × languages gradient-cosine matrix (mean over the rows' checkpoints), one heatmap per segment
+    (whole model, each layer); each panel's title gives the En-En baseline (`reference` against its second batch,
+    row (reference, reference + "#2")). Colours are centred on 0 and scaled to the largest off-diagonal value,
+    so the diagonal's 1 does not wash the pairs out."""
+    figure, axes = plt.subplots(1, len(segments), figsize=(4.2 * len(segments), 4), squeeze=False)
+    for axis, segment in zip(axes[0], segments):
+        cells = mean_matrix(rows, segment)
+        grid = [[cells.get((a, b), float("nan")) for b in languages] for a in languages]
+        off_diagonal = [abs(v) for i, line in enumerate(grid) for j, v in enumerate(line) if i != j and v == v]
+        scale = max(off_diagonal, default=1.0) or 1.0
+        image = axis.imshow(grid, cmap="RdBu", vmin=-scale, vmax=scale)
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        axis.set_xticks(range(len(languages)), languages)
+        axis.set_yticks(range(len(languages)), languages)
+        baseline = cells.get((reference, f"{reference}#2"), float("nan"))
+        axis.set_title(f"{segment} ({reference}-{reference} baseline {baseline:.2f})", fontsize=9)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    return _save(figure, path)
+
+
+def plot_conflict_scatter(points: Sequence[Mapping], path: str | Path) -> Path:
+    """Claim 2 of the seven-language study: en-X gradient cosine (x) against X's within-language drop (y, with
+    its standard error), one marker per task, each point labelled with its language."""
+    figure, axis = plt.subplots(figsize=(5, 3.8))
+    for index, task in enumerate(dict.fromkeys(point["task"] for point in points)):
+        mine = [point for point in points if point["task"] == task]
+        axis.errorbar([p["en-X cosine"] for p in mine], [p["drop"] for p in mine],
+                      yerr=[p["drop spread"] or 0.0 for p in mine], fmt="os^D"[index % 4], label=task, capsize=3)  # fmt: skip
+        for point in mine:
+            axis.annotate(point["language"], (point["en-X cosine"], point["drop"]), textcoords="offset points", xytext=(4, 4))
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set(xlabel="All-7 mean en-X gradient cosine", ylabel="within-language drop (F1 points)",
+             title="Does conflict predict loss?")  # fmt: skip
+    axis.legend()
+    return _save(figure, path)

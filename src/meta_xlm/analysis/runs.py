@@ -21,8 +21,12 @@ from meta_xlm.analysis.batches import check_languages, language_dataloader
 from meta_xlm.analysis.gradient_conflict import (
     GradientConflictLog,
     conflict_rows,
+    cosine_matrices,
     endless,
-    measure_gradient_conflict,
+    language_gradients,
+    matrix_rows,
+    pair_cosines,
+    shared_gradient_index,
 )
 from meta_xlm.analysis.hard_concrete import deterministic_gates
 from meta_xlm.analysis.masks import (
@@ -34,7 +38,12 @@ from meta_xlm.analysis.masks import (
     resolve_gate_map,
     save_pi,
 )
-from meta_xlm.analysis.plots import plot_extreme_groups, plot_gradient_conflict, plot_mask_similarity
+from meta_xlm.analysis.plots import (
+    plot_conflict_matrix,
+    plot_extreme_groups,
+    plot_gradient_conflict,
+    plot_mask_similarity,
+)
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 from meta_xlm.table_output import write_csv
 
@@ -80,6 +89,7 @@ class GradientSettings:
     block_size: int = 256
     reference_language: str | None = None
     seed: int = 0
+    matrix: bool = False  # also the languages × languages matrix (gradient_matrix.{csv,png})
 
 
 def gradient_conflict_over_checkpoints(
@@ -89,10 +99,12 @@ def gradient_conflict_over_checkpoints(
     output_dir: str | Path,
 ) -> list[dict]:
     """Fig. 3 from saved checkpoints: gradient conflict of every checkpoint on the same seeded batches.
-    Writes gradient_conflict.{csv,jsonl}, TensorBoard scalars and gradient_conflict.png to `output_dir`."""
+    Writes gradient_conflict.{csv,jsonl}, TensorBoard scalars and gradient_conflict.png to `output_dir`; with
+    `settings.matrix` also gradient_matrix.{csv,png} (write_conflict_matrix)."""
     languages = list(corpora)
     log = GradientConflictLog(output_dir)
     rows: list[dict] = []
+    matrix: list[dict] = []
     for step, folder in checkpoints:
         model, tokenizer = load_checkpoint(folder, languages)
         batches = {
@@ -108,15 +120,30 @@ def gradient_conflict_over_checkpoints(
             )
             for language in languages
         }
-        results = measure_gradient_conflict(
-            model, batches, settings.target_sentences, settings.reference_language, settings.seed
+        gradient_index = shared_gradient_index(model)
+        gradients = language_gradients(
+            model, batches, settings.target_sentences, settings.reference_language, settings.seed, gradient_index
         )
+        results = pair_cosines(gradients, gradient_index)
+        if settings.matrix:
+            matrix.extend(matrix_rows(step, list(gradients), cosine_matrices(gradients, gradient_index)))
         logger.info("step %d: %s", step, {pair: round(values["all"], 4) for pair, values in results.items()})
         log.write(step, results)
         rows.extend(conflict_rows(step, results))
     log.close()
     plot_gradient_conflict(rows, Path(output_dir) / "gradient_conflict.png")
+    if matrix:
+        write_conflict_matrix(matrix, languages, settings.reference_language or languages[0], Path(output_dir))
     return rows
+
+
+def write_conflict_matrix(rows: Sequence[Mapping], languages: Sequence[str], reference: str, output_dir: Path) -> None:
+    """gradient_matrix.csv (every checkpoint, segment and ordered pair, the reference's replicate included) and
+    gradient_matrix.png: the mean over checkpoints, whole model and each layer."""
+    write_csv(output_dir / "gradient_matrix.csv", rows)
+    layers = sorted({row["segment"] for row in rows if row["segment"].count(".") == 1 and row["segment"].startswith("layer.")},
+                    key=lambda segment: int(segment.split(".")[1]))  # fmt: skip
+    plot_conflict_matrix(rows, languages, reference, output_dir / "gradient_matrix.png", ["all", *layers])
 
 
 # ---------------------------------------------------------------------------------------------- masks

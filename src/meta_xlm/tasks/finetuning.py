@@ -550,6 +550,28 @@ def evaluate_checkpoint(
     return score_predictions(args, test, output.predictions, output.label_ids, labels)
 
 
+CONVERGENCE_MIN_GAIN = 0.5  # points of the selection metric (F1, accuracy) over the last two epochs
+
+
+def convergence(dev_scores: list[float], min_gain: float = CONVERGENCE_MIN_GAIN) -> dict:
+    """Has a grid point's fine-tuning converged? Yes when its best epoch is not the last one (the dev score has
+    peaked), or when the dev score gained less than `min_gain` over the last two epochs (it has flattened).
+    Otherwise more epochs would likely have scored higher, and the cell measures partly how fast a model
+    fine-tunes rather than what it learned. Epochs count from 1; the best is the first epoch with the highest
+    score, as the Trainer keeps it (load_best_model_at_end replaces the best only on a strictly higher score)."""
+    if not dev_scores:
+        raise ValueError("convergence needs the dev score of at least one epoch, got none")
+    best_epoch = 1 + dev_scores.index(max(dev_scores))
+    gain = dev_scores[-1] - dev_scores[-3] if len(dev_scores) >= 3 else None
+    peaked = best_epoch < len(dev_scores)
+    return {
+        "best_epoch": best_epoch,
+        "epochs": len(dev_scores),
+        "gain_last_two_epochs": gain,
+        "converged": peaked or (gain is not None and gain < min_gain),
+    }
+
+
 def mean_scores(scores: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over the target languages (English excluded unless it is the only one)."""
     languages = [language for language in scores if language != "en"] or list(scores)
@@ -612,7 +634,10 @@ def metrics_record(args, labels, train, dev, tests, results, best, scores) -> di
         "labels": labels,
         "selection": {
             "dev_language": dev.language,
-            "best": {**vars(best.grid_point), "dev_score": best.dev_score, "checkpoint": best.checkpoint},
+            "best": {
+                **vars(best.grid_point), "dev_score": best.dev_score, "checkpoint": best.checkpoint,
+                **convergence([e["eval_score"] for e in best.epoch_scores]),
+            },
             "grid": [
                 {
                     **vars(r.grid_point),
