@@ -228,3 +228,14 @@ def test_masks_are_a_function_of_seed_and_batch_not_of_global_rng(tokenizer):
         first["input_ids"], again["input_ids"]
     )
     assert not torch.equal(first["labels"], other_seed["labels"])
+
+
+def test_collator_names_the_language_of_one_language_batches_only(tokenizer):
+    """With the model's languages, a one-language batch carries `single_language` (the model then routes it
+    without reading lang_ids, which keeps a compiled forward whole); a mixed batch does not."""
+    collator = MLMCollator(tokenizer, languages=["en", "sw"])
+    one = [{"input_ids": [0, *range(10, 20), 2], "lang_ids": 1} for _ in range(3)]
+    mixed = [*one, {"input_ids": [0, *range(10, 20), 2], "lang_ids": 0}]
+    assert collator(one)["single_language"] == "sw"
+    assert "single_language" not in collator(mixed)
+    assert "single_language" not in MLMCollator(tokenizer)(one)

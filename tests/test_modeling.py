@@ -124,12 +124,24 @@ def test_every_head_and_variant_shapes_and_loss(head, variant):
     assert outputs.loss is None
     labelled = model(**batch, **labels_for(head, batch))
     assert labelled.loss is not None and torch.isfinite(labelled.loss)
-    if head is MetaXLMForMaskedLM:
-        # With labels only the masked positions are projected onto the vocabulary.
-        n_masked = int(labels_for(head, batch)["labels"].ne(-100).sum())
-        assert labelled.logits.shape == (n_masked, VOCAB)
-        full = outputs.logits[labels_for(head, batch)["labels"].ne(-100)]
-        torch.testing.assert_close(labelled.logits, full)
+    # Logits keep their shape with labels (MaskedLMOutput's contract: they line up with labels).
+    assert main_output(head, labelled).shape == EXPECTED_SHAPES[head]
+
+
+@pytest.mark.parametrize("variant", ["none", "adapters"])
+def test_sparse_prediction_projects_only_labelled_positions_with_the_dense_loss(variant):
+    dense = MetaXLMForMaskedLM(tiny_config(**VARIANTS[variant])).eval()
+    sparse = MetaXLMForMaskedLM(tiny_config(**VARIANTS[variant], sparse_prediction=True)).eval()
+    sparse.load_state_dict(dense.state_dict())
+    batch = make_batch()
+    labels = labels_for(MetaXLMForMaskedLM, batch)["labels"]
+    dense_out, sparse_out = dense(**batch, labels=labels), sparse(**batch, labels=labels)
+    predicted = labels.ne(-100)
+    assert sparse_out.logits.shape == (int(predicted.sum()), VOCAB)
+    torch.testing.assert_close(sparse_out.logits, dense_out.logits[predicted])
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    # Without labels there is nothing to select: both return every position's logits.
+    torch.testing.assert_close(sparse(**batch).logits, dense(**batch).logits)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -320,6 +332,8 @@ def test_sdpa_and_eager_attention_agree(variant, padded):
         (dict(hidden_size=30), "num_attention_heads"),
         (dict(hidden_size=36, num_attention_heads=4, adapter_reduction_factor=5), "adapter_reduction_factor"),
         (dict(shared_adapters=True, language_modules="ffn"), "shared_adapters"),
+        (dict(sparse_prediction="yes"), "sparse_prediction"),
+        (dict(sparse_pred_ignore_index=None), "sparse_pred_ignore_index"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(overrides, field):
@@ -377,3 +391,27 @@ def test_losses_over_micro_batches_with_num_items_in_batch_add_up_to_the_full_ba
     halves = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
     accumulated = sum(model(**half, num_items_in_batch=count).loss for half in halves)
     torch.testing.assert_close(accumulated, full)
+
+
+def test_meta_step_is_unchanged_by_sparse_prediction():
+    # The meta step differentiates the loss only: projecting just the labelled positions must not change it.
+    from meta_xlm.meta import meta_step_gradients
+
+    dense = MetaXLMForMaskedLM(tiny_config(language_modules="adapters")).double()
+    sparse = MetaXLMForMaskedLM(tiny_config(language_modules="adapters", sparse_prediction=True)).double()
+    sparse.load_state_dict(dense.state_dict())
+
+    def one_language(code: str, seed: int) -> dict:
+        batch = make_batch(seed=seed)
+        batch["lang_ids"] = torch.full((BATCH,), LANGUAGES.index(code))
+        return {**batch, **labels_for(MetaXLMForMaskedLM, batch)}
+
+    train, vals = one_language("te", 1), {code: one_language(code, 2 + k) for k, code in enumerate(LANGUAGES)}
+    steps = [
+        meta_step_gradients(model, [train], vals, "te", lookahead_lr=0.1, method="exact", seeds=[0],
+                            val_seeds={code: 0 for code in LANGUAGES})
+        for model in (dense, sparse)
+    ]  # fmt: skip
+    torch.testing.assert_close(steps[1].train_loss, steps[0].train_loss)
+    torch.testing.assert_close(steps[1].meta_loss, steps[0].meta_loss)
+    torch.testing.assert_close(steps[1].hypergradient, steps[0].hypergradient)

@@ -87,6 +87,11 @@ class MetaXLMConfig(PreTrainedConfig):
             or "adapter_layer_norm" (a LayerNorm of its own, shared by all languages).
         ffn_adapter_skip: with "after_residual": the adapter's residual is its (normalised) input,
             "adapter_input", or the un-normalised residual sum, "residual_sum".
+        sparse_prediction: with labels, `MetaXLMForMaskedLM` projects only the predicted positions onto the
+            vocabulary and returns logits (N_predicted, V) instead of (B, T, V) (ModernBERT's option; the loss is
+            the same). Off by default, so logits line up with labels as transformers' MaskedLM heads promise;
+            the pretraining recipe turns it on.
+        sparse_pred_ignore_index: the label value of positions `sparse_prediction` leaves out (-100).
     """
 
     model_type = "meta_xlm"
@@ -121,6 +126,8 @@ class MetaXLMConfig(PreTrainedConfig):
         ffn_adapter_input_norm: str = "none",
         ffn_adapter_skip: str = "adapter_input",
         tie_word_embeddings: bool = True,
+        sparse_prediction: bool = False,
+        sparse_pred_ignore_index: int = -100,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -147,6 +154,8 @@ class MetaXLMConfig(PreTrainedConfig):
         self.ffn_adapter_input_norm = ffn_adapter_input_norm
         self.ffn_adapter_skip = ffn_adapter_skip
         self.tie_word_embeddings = tie_word_embeddings  # not a 5.x base field: without it the head is untied
+        self.sparse_prediction = sparse_prediction
+        self.sparse_pred_ignore_index = sparse_pred_ignore_index
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -181,6 +190,16 @@ class MetaXLMConfig(PreTrainedConfig):
                 f"adapter_reduction_factor={self.adapter_reduction_factor} (a positive integer)"
             )
         self._validate_ffn_adapter_layout()
+        self._validate_sparse_prediction()
+
+    def _validate_sparse_prediction(self) -> None:
+        if not isinstance(self.sparse_prediction, bool):
+            raise ValueError(f"MetaXLMConfig.sparse_prediction={self.sparse_prediction!r}: expected True or False")
+        if isinstance(self.sparse_pred_ignore_index, bool) or not isinstance(self.sparse_pred_ignore_index, int):
+            raise ValueError(
+                f"MetaXLMConfig.sparse_pred_ignore_index={self.sparse_pred_ignore_index!r}: expected an integer "
+                "label value (transformers' ignore index is -100)"
+            )
 
     def _validate_ffn_adapter_layout(self) -> None:
         for name, value, allowed in (

@@ -344,7 +344,10 @@ class MLMCollator:
     Of the non-special, non-padding tokens, each is selected with probability `mlm_probability` (15%); a
     selected token becomes <mask> 80% of the time, a random non-special token 10%, itself 10%.
     Returns input_ids, attention_mask, labels (original id at selected positions, -100 elsewhere): all (B, T);
-    lang_ids (B,).
+    lang_ids (B,). Given `languages` (the model's `config.languages`), a batch whose rows are all one language
+    also carries `single_language` (that code): the model then routes it without reading `lang_ids`, which
+    keeps its forward free of graph breaks under `torch.compile`. Leave `languages` unset where batches are
+    split by language afterwards (language-balanced steps split every tensor of the batch).
 
     The masks are drawn from a generator seeded with `seed` and a hash of the batch's token ids, not from
     torch's global generator: accelerate's dataloader collates one batch ahead, so a global-RNG mask would be
@@ -357,6 +360,7 @@ class MLMCollator:
     mask_replace_probability: float = 0.8
     random_replace_probability: float = 0.1
     seed: int = 0
+    languages: list[str] | None = None
 
     def __post_init__(self):
         self.special_ids = torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
@@ -374,12 +378,16 @@ class MLMCollator:
         attention_mask = (input_ids != pad_id).long()  # (B, T)
         lang_ids = torch.tensor([int(example["lang_ids"]) for example in examples], dtype=torch.long)  # (B,)
         masked_input_ids, labels = self.mask_tokens(input_ids)
-        return {
+        batch = {
             "input_ids": masked_input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "lang_ids": lang_ids,
         }
+        ids = {int(example["lang_ids"]) for example in examples}  # Python ints: no tensor read
+        if self.languages is not None and len(ids) == 1:
+            batch["single_language"] = self.languages[ids.pop()]
+        return batch
 
     def batch_generator(self, input_ids: torch.Tensor) -> torch.Generator:
         digest = hashlib.blake2b(input_ids.numpy().tobytes(), digest_size=8, key=str(self.seed).encode())

@@ -5,9 +5,13 @@ Submodule names follow XLM-R (as transformers' X-MOD does), so an `XLMRobertaMod
 shared part. Every language-specific module lives in a `LanguageModuleDict` keyed by language code: "the
 parameters of language X" is a key lookup (`parameter_groups`), never a substring match on names.
 
-Routing: a batch whose rows all share one language runs each language module once on the whole batch. A mixed
-batch is sorted by language once at the start of `MetaXLMModel.forward` (rows do not interact in an encoder),
-every language module runs on its contiguous slice, and the output is put back in the caller's order.
+Routing: a batch whose rows all share one language runs each language module once on the whole batch; when that
+is known from Python-level facts (no `lang_ids`, a `single_language` hint, one language) no tensor is read, so
+`torch.export` and `torch.compile` trace it whole. In a mixed batch (found by reading `lang_ids`, eagerly) each
+language module gathers its rows sorted by language, runs every language on its contiguous slice and scatters
+the output back: the residual stream stays in the caller's order, so returned hidden states and attention maps
+are on the path to the output (per-language attention, `language_modules` "attention", returns its maps
+reassembled, off that path).
 
 This file imports only torch, transformers and the configuration module, so checkpoints also load with
 `trust_remote_code=True` where the package is not installed.
@@ -46,37 +50,39 @@ from .configuration_meta_xlm import MetaXLMConfig
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LanguageRouting:
-    """Which language owns which rows of a batch that is sorted by language.
+    """Which language owns which rows of a batch. The batch itself stays in the caller's order throughout.
 
-    `languages[k]` owns the k-th contiguous block of `sizes[k]` rows. `order` is the permutation that sorted
-    the caller's batch (None when the batch was already a single language, so nothing was moved).
+    One language (`order` None): every language module runs once on the whole batch. Several: `order` sorts the
+    rows by language, `languages[k]` owns the k-th contiguous block of `sizes[k]` sorted rows, and `restore`
+    puts sorted rows back in the caller's order. Each language module gathers its rows and scatters its output
+    back, so every hidden state and attention map the model returns is the tensor the next step computes from
+    (on the autograd path to the output, as `retain_grad()` / attribution tools expect).
     """
 
     languages: tuple[str, ...]
-    sizes: tuple[int, ...]
-    order: torch.Tensor | None
+    sizes: tuple[int, ...] = ()
+    order: torch.Tensor | None = None
+    restore: torch.Tensor | None = None
 
     @property
     def single_language(self) -> str | None:
-        return self.languages[0] if len(self.languages) == 1 else None
-
-    def restore_order(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Put rows of a sorted batch back in the caller's order."""
-        if self.order is None:
-            return hidden
-        return hidden[torch.argsort(self.order)]
+        return self.languages[0] if self.order is None else None
 
 
-def build_routing(lang_ids: torch.Tensor, languages: list[str]) -> LanguageRouting:
-    """Group a batch by language with one sort (never a loop over rows)."""
+def route_by_values(lang_ids: torch.Tensor, languages: list[str]) -> LanguageRouting:
+    """Group a batch by reading `lang_ids` (one sort, never a loop over rows). Eager only: the reads are
+    data-dependent, so `torch.export` cannot trace them and `torch.compile` breaks the graph here."""
     first = int(lang_ids[0])
     if bool((lang_ids == first).all()):
-        return LanguageRouting(languages=(languages[first],), sizes=(lang_ids.shape[0],), order=None)
+        return LanguageRouting(languages=(languages[first],))
     order = torch.argsort(lang_ids, stable=True)
     counts = torch.bincount(lang_ids, minlength=len(languages)).tolist()
     present = [(languages[i], n) for i, n in enumerate(counts) if n > 0]
     return LanguageRouting(
-        languages=tuple(code for code, _ in present), sizes=tuple(n for _, n in present), order=order
+        languages=tuple(code for code, _ in present),
+        sizes=tuple(n for _, n in present),
+        order=order,
+        restore=torch.argsort(order),
     )
 
 
@@ -85,7 +91,7 @@ class LanguageModuleDict(nn.ModuleDict):
 
     Positional tensor arguments are split along the batch dimension; `None` arguments and keyword options pass
     through to every language's module unchanged. A module that returns a tuple (attention with its
-    probabilities) gets each element concatenated (None stays None). `make_module` builds a fresh module for a
+    probabilities) gets each element reassembled (None stays None). `make_module` builds a fresh module for a
     language added later (`add_language`).
     """
 
@@ -98,19 +104,21 @@ class LanguageModuleDict(nn.ModuleDict):
         if code is not None:
             return self[code](*tensors, **options)
         chunks_per_arg = [
-            t.split(routing.sizes) if t is not None else [None] * len(routing.sizes) for t in tensors
-        ]
+            t[routing.order].split(routing.sizes) if t is not None else [None] * len(routing.sizes)
+            for t in tensors
+        ]  # one gather per argument: rows sorted by language, then a view per language
         outputs = [
             self[code](*(chunks[k] for chunks in chunks_per_arg), **options)
             for k, code in enumerate(routing.languages)
         ]
         if isinstance(outputs[0], tuple):
-            return tuple(concat_rows(list(parts)) for parts in zip(*outputs))
-        return torch.cat(outputs, dim=0)
+            return tuple(in_caller_order(list(parts), routing) for parts in zip(*outputs))
+        return in_caller_order(outputs, routing)
 
 
-def concat_rows(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if parts[0] is None else torch.cat(parts, dim=0)
+def in_caller_order(parts: list[torch.Tensor | None], routing: LanguageRouting) -> torch.Tensor | None:
+    """Concatenate per-language outputs (sorted order) and put the rows back in the caller's order."""
+    return None if parts[0] is None else torch.cat(parts, dim=0)[routing.restore]
 
 
 def per_language(config: MetaXLMConfig, make_module) -> LanguageModuleDict:
@@ -154,18 +162,32 @@ class MetaXLMEmbeddings(nn.Module):
         not_pad = input_ids.ne(self.padding_idx).long()
         return torch.cumsum(not_pad, dim=1) * not_pad + self.padding_idx
 
+    def position_ids_from_inputs_embeds(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        # Embeddings cannot tell padding apart: sequential positions from padding_idx + 1, as XLM-R does.
+        batch, length = inputs_embeds.shape[:2]
+        positions = torch.arange(length, dtype=torch.long, device=inputs_embeds.device) + self.padding_idx + 1
+        return positions.unsqueeze(0).expand(batch, length)
+
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         lang_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Exactly one of `input_ids` (B, T) and `inputs_embeds` (B, T, H) (checked by `MetaXLMModel`)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)  # (B, T, H)
         if position_ids is None:
-            position_ids = self.position_ids_from_input_ids(input_ids)
+            position_ids = (
+                self.position_ids_from_input_ids(input_ids)
+                if input_ids is not None
+                else self.position_ids_from_inputs_embeds(inputs_embeds)
+            )
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+            token_type_ids = torch.zeros_like(position_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
         embeddings = embeddings + self.position_embeddings(position_ids)  # (B, T, H)
         if self.language_embeddings is not None:
             embeddings = embeddings + self.language_embeddings(lang_ids)[:, None, :]
@@ -494,42 +516,82 @@ class MetaXLMPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def resolve_lang_ids(self, lang_ids: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor:
-        """Check `lang_ids` (LongTensor[batch]); fall back to `config.default_language` when absent."""
-        batch = input_ids.shape[0]
+    def resolve_languages(
+        self, lang_ids: torch.Tensor | None, single_language: str | None, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, LanguageRouting]:
+        """(`lang_ids` (B,), routing). The routing of a default-language batch, a `single_language` batch or a
+        model without per-language modules is decided from Python-level facts, so `torch.export` and
+        `torch.compile` trace it without reading tensor values; only a multi-language model given bare
+        `lang_ids` reads them (eagerly) to find out whether the batch is mixed."""
         languages = self.config.languages
+        if single_language is not None:
+            code = single_language
+        else:
+            code = self.default_language_code() if lang_ids is None else None
         if lang_ids is None:
-            default = self.config.default_language
-            if default is None and len(languages) == 1:
-                default = languages[0]
-            if default is None:
-                raise ValueError(
-                    f"lang_ids is required: this model has languages {languages} and config.default_language "
-                    "is None. Pass lang_ids (LongTensor[batch], indices into config.languages) or set "
-                    "config.default_language."
-                )
-            return torch.full((batch,), languages.index(default), dtype=torch.long, device=input_ids.device)
-        lang_ids = torch.as_tensor(lang_ids, device=input_ids.device)
-        if lang_ids.dim() == 0:
-            lang_ids = lang_ids.expand(batch)
-        if lang_ids.shape != (batch,) or lang_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"lang_ids must be an integer tensor of shape ({batch},) (one language per row), got "
-                f"shape {tuple(lang_ids.shape)} and dtype {lang_ids.dtype}"
-            )
+            index = self.config.language_id(code)  # raises naming an unknown code and the model's languages
+            return torch.full((batch,), index, dtype=torch.long, device=device), LanguageRouting(languages=(code,))
+        lang_ids = checked_lang_ids(lang_ids, batch, languages, device)
+        if code is not None:
+            index = self.config.language_id(code)
+            if not is_tracing():
+                check_single_language(lang_ids, code, index)
+            return lang_ids, LanguageRouting(languages=(code,))
+        if len(languages) == 1 or not routes_languages(self.config):
+            return lang_ids, LanguageRouting(languages=(languages[0],))  # no module reads the routing
+        return lang_ids, route_by_values(lang_ids, languages)
+
+    def default_language_code(self) -> str:
+        """`config.default_language`, or the only language; raises when `lang_ids` is required."""
+        languages = self.config.languages
+        if self.config.default_language is not None:
+            return self.config.default_language
+        if len(languages) == 1:
+            return languages[0]
+        raise ValueError(
+            f"lang_ids is required: this model has languages {languages} and config.default_language is None. "
+            "Pass lang_ids (LongTensor[batch], indices into config.languages), single_language (a code) or set "
+            "config.default_language."
+        )
+
+
+def is_tracing() -> bool:
+    """Under `torch.compile` / `torch.export`: value checks that read tensors would break the graph or fail."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def routes_languages(config: MetaXLMConfig) -> bool:
+    """Whether any module is per language (shared adapters are one module for all languages)."""
+    return any(kind != "adapters" or not config.shared_adapters for kind in config.language_module_kinds)
+
+
+def checked_lang_ids(lang_ids, batch: int, languages: list[str], device: torch.device) -> torch.Tensor:
+    """`lang_ids` as LongTensor (B,) (a scalar is broadcast); its shape and dtype are always checked, its
+    values only eagerly (reading them is data-dependent)."""
+    lang_ids = torch.as_tensor(lang_ids, device=device)
+    if lang_ids.dim() == 0:
+        lang_ids = lang_ids.expand(batch)
+    if lang_ids.shape != (batch,) or lang_ids.dtype.is_floating_point:
+        raise ValueError(
+            f"lang_ids must be an integer tensor of shape ({batch},) (one language per row), got "
+            f"shape {tuple(lang_ids.shape)} and dtype {lang_ids.dtype}"
+        )
+    if not is_tracing():
         low, high = int(lang_ids.min()), int(lang_ids.max())
         if low < 0 or high >= len(languages):
-            bad = low if low < 0 else high
             raise ValueError(
-                f"lang_ids contains {bad}, outside 0..{len(languages) - 1} (config.languages = {languages})"
+                f"lang_ids contains {low if low < 0 else high}, outside 0..{len(languages) - 1} "
+                f"(config.languages = {languages})"
             )
-        return lang_ids.long()
+    return lang_ids.long()
 
 
-def sorted_by_language(routing: LanguageRouting, *tensors: torch.Tensor | None):
-    if routing.order is None:
-        return tensors
-    return tuple(t[routing.order] if t is not None else None for t in tensors)
+def check_single_language(lang_ids: torch.Tensor, code: str, index: int) -> None:
+    if not bool((lang_ids == index).all()):
+        raise ValueError(
+            f"single_language={code!r} (lang id {index}) but lang_ids holds other languages: "
+            f"{sorted(set(lang_ids.tolist()))}; pass single_language only for one-language batches"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -552,38 +614,47 @@ class MetaXLMModel(MetaXLMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lang_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        single_language: str | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
-        """`hidden_states`: the embeddings and every layer's output, (B, T, H) each; `attentions`: every layer's
-        attention probabilities (B, heads, T, T), computed eagerly (SDPA gives none). Defaults come from the
-        config (`output_hidden_states`, `output_attentions`, `return_dict`) as in transformers."""
+        """`input_ids` (B, T) or `inputs_embeds` (B, T, H). `lang_ids` (B,) index `config.languages`; without
+        them every row is `config.default_language`. `single_language` (a code) promises that every row is that
+        language: routing then needs no look at `lang_ids` (what `torch.compile` / `torch.export` need; checked
+        eagerly). `hidden_states`: the embeddings and every layer's output, (B, T, H) each; `attentions`: every
+        layer's attention probabilities (B, heads, T, T), computed eagerly (SDPA gives none); both in the
+        caller's row order and on the path to the output. Defaults come from the config as in transformers."""
         output_hidden_states = pick(output_hidden_states, self.config.output_hidden_states)
         output_attentions = pick(output_attentions, self.config.output_attentions)
-        lang_ids = self.resolve_lang_ids(lang_ids, input_ids)
-        routing = build_routing(lang_ids, self.config.languages)
-        input_ids, attention_mask, lang_ids, token_type_ids, position_ids = sorted_by_language(
-            routing, input_ids, attention_mask, lang_ids, token_type_ids, position_ids
-        )
-        hidden = self.embeddings(input_ids, lang_ids, token_type_ids, position_ids)  # (B, T, H)
+        reference = require_one_input(input_ids, inputs_embeds)
+        lang_ids, routing = self.resolve_languages(lang_ids, single_language, reference.shape[0], reference.device)
+        hidden = self.embeddings(input_ids, lang_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
         hidden, all_hidden, all_attentions = self.encoder(
             hidden, attention_bias(attention_mask), routing, output_hidden_states, output_attentions
         )
-        hidden = routing.restore_order(hidden)
-        all_hidden = restore_each(routing, all_hidden)
-        all_attentions = restore_each(routing, all_attentions)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         outputs = BaseModelOutputWithPooling(
-            last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attentions
+            last_hidden_state=hidden,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
         return self.as_requested(outputs, return_dict)
+
+
+def require_one_input(input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """The one of `input_ids` / `inputs_embeds` given (raises unless exactly one is)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("give exactly one of input_ids (B, T) and inputs_embeds (B, T, H)")
+    return input_ids if input_ids is not None else inputs_embeds
 
 
 def pick(value: bool | None, default: bool) -> bool:
@@ -591,13 +662,11 @@ def pick(value: bool | None, default: bool) -> bool:
     return bool(default) if value is None else bool(value)
 
 
-def restore_each(routing: LanguageRouting, tensors: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
-    return None if tensors is None else tuple(routing.restore_order(t) for t in tensors)
-
-
 def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, T) 1/0 padding mask -> boolean (B, 1, 1, T), True = attend; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """(B, T) 1/0 padding mask -> boolean (B, 1, 1, T), True = attend; None when nothing is padded, so SDPA may
+    take its fastest (mask-free) kernel. That test reads tensor values, which `torch.export` cannot trace and
+    `torch.compile` turns into a graph break: traced, the mask is always passed on."""
+    if attention_mask is None or (not is_tracing() and bool(attention_mask.all())):
         return None
     return attention_mask.bool()[:, None, None, :]
 
@@ -657,31 +726,38 @@ class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lang_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        single_language: str | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
-        """With `labels`, the vocabulary projection runs on the masked positions only (as XLM does: about a
-        quarter of the model's FLOPs at vocab 8k / hidden 256), and `logits` is (N_masked, V), its rows the
-        positions with labels != -100 in row-major order. Without labels, `logits` is (B, T, V)."""
+        """`logits` is (B, T, V). With `config.sparse_prediction` and `labels`, the vocabulary projection runs only
+        on positions whose label is not `config.sparse_pred_ignore_index` (as XLM and ModernBERT do: about a
+        quarter of the model's FLOPs at vocab 8k / hidden 256) and `logits` is (N_predicted, V), its rows those
+        positions in row-major order; the loss is the same either way."""
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, inputs_embeds, single_language,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )  # fmt: skip
-        hidden = outputs.last_hidden_state
+        hidden = outputs.last_hidden_state  # (B, T, H)
         extras = dict(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if labels is None:
             return self.as_requested(MaskedLMOutput(logits=self.lm_head(hidden), **extras), return_dict)
-        predicted = labels.ne(-100)  # (B, T)
-        logits = self.lm_head(hidden[predicted])  # (N_masked, V)
-        loss = cross_entropy_loss(logits, labels[predicted], kwargs.get("num_items_in_batch"))
+        if self.config.sparse_prediction:
+            predicted = labels.ne(self.config.sparse_pred_ignore_index)  # (B, T)
+            hidden, labels = hidden[predicted], labels[predicted]  # (N_predicted, H), (N_predicted,)
+        logits = self.lm_head(hidden)  # (B, T, V), or (N_predicted, V)
+        loss = cross_entropy_loss(
+            logits.view(-1, logits.shape[-1]), labels.reshape(-1), kwargs.get("num_items_in_batch")
+        )
         return self.as_requested(MaskedLMOutput(loss=loss, logits=logits, **extras), return_dict)
 
 
@@ -698,11 +774,13 @@ class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lang_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        single_language: str | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
@@ -710,7 +788,7 @@ class MetaXLMForTokenClassification(MetaXLMPreTrainedModel):
         **kwargs,
     ) -> TokenClassifierOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, inputs_embeds, single_language,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )  # fmt: skip
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, num_labels)
@@ -735,11 +813,13 @@ class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lang_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        single_language: str | None = None,
         start_positions: torch.Tensor | None = None,
         end_positions: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
@@ -748,7 +828,7 @@ class MetaXLMForQuestionAnswering(MetaXLMPreTrainedModel):
         **kwargs,
     ) -> QuestionAnsweringModelOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, inputs_embeds, single_language,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )  # fmt: skip
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)  # (B, T) each
@@ -787,6 +867,26 @@ class MetaXLMClassificationHead(nn.Module):
 
 class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
     _auto_class = "AutoModelForSequenceClassification"  # save_pretrained copies this file beside the weights
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """The loss of `config.problem_type`, inferred as transformers' heads infer it when unset: one label ->
+        "regression" (MSE), integer labels -> "single_label_classification" (cross-entropy over labels != -100),
+        float labels (B, num_labels) -> "multi_label_classification" (BCE with logits)."""
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        logits = at_least_fp32(logits)
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return cross_entropy_loss(logits.view(-1, self.num_labels), labels.view(-1), num_items_in_batch)
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     def __init__(self, config: MetaXLMConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -796,11 +896,13 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lang_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        single_language: str | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
@@ -808,17 +910,11 @@ class MetaXLMForSequenceClassification(MetaXLMPreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         outputs = self.roberta(
-            input_ids, attention_mask, lang_ids, token_type_ids, position_ids,
+            input_ids, attention_mask, lang_ids, token_type_ids, position_ids, inputs_embeds, single_language,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
         )  # fmt: skip
         logits = self.classifier(outputs.last_hidden_state)  # (B, num_labels)
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(at_least_fp32(logits.squeeze(-1)), labels.to(at_least_fp32(logits).dtype), reduction="sum")
-                loss = loss / kwargs.get("num_items_in_batch", labels.numel())
-            else:
-                loss = cross_entropy_loss(logits, labels.view(-1), kwargs.get("num_items_in_batch"))
+        loss = None if labels is None else self.classification_loss(logits, labels, kwargs.get("num_items_in_batch"))
         outputs = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -68,6 +68,7 @@ def assert_model_card_matches(output_dir: Path):
     card = ModelCard.load(output_dir / "README.md")
     config = json.loads((output_dir / "config.json").read_text())
     assert card.data.language == config["languages"] == ["en", "sw"]
+    assert config["sparse_prediction"] is False  # pretrained sparse; saved to answer as any MaskedLM (B, T, V)
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
     assert "jointpair" in card.data.tags
     steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]

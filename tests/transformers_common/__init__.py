@@ -1,0 +1,1 @@
+"""transformers' common model and config tests (`ModelTesterMixin`, `ConfigTester`) run against MetaXLM."""
