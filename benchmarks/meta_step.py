@@ -1,51 +1,58 @@
-"""Accuracy and cost of one meta-adapter step: every hypergradient method (forward-over-reverse, central and forward
-finite difference, exact double backward, first order), against one plain +adpt step, in one run.
+"""Cost and accuracy of one meta-adapter step: our hypergradient methods, the same hypergradient computed with
+`higher` and with Betty, and one plain +adpt step, in one run.
 
-Accuracy (`--accuracy`): the higher-order term of Eq. 4 of every method, in float32 and under bf16 autocast,
-against the exact (double backward) term in float32, on a tiny model and at the paper's size (8 layers, hidden
-512, FFN 2048, vocab 32k, +adpt, en + te; random init, dropout off, 4 × 64 tokens, β = 1e-4): cosine, norm ratio,
-and ‖β · higher-order‖ / ‖direct‖ (how much "meta" a meta step has).
-
-    .venv/bin/python benchmarks/meta_step.py --accuracy                # both sizes (about 10 minutes on 2 cores)
-    .venv/bin/python benchmarks/meta_step.py --accuracy --accuracy-sizes tiny   # seconds
-
-A plain step is what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one
-single-language masked-LM batch. A meta step is what it does with meta_learning=True (Algorithm 1): lookahead
-gradient of θ, meta objective over one validation batch per language (the training batch shared out over the
-languages, the trainer's default), hypergradient of φ_i, AdamW on φ_i, then the plain step with the new φ_i. Every mode runs in
-its own subprocess (its peak memory is its own), modes are interleaved over `--rounds`, and medians of all timed
-steps after `--warmup` are reported as ratios to the plain step measured in the same run.
-
-    .venv/bin/python benchmarks/meta_step.py                      # the issue's size (about 5 minutes on 2 cores)
-    .venv/bin/python benchmarks/meta_step.py --validation-batch 16  # one full training batch per language
+    .venv/bin/python benchmarks/meta_step.py                         # the benchmark size (4 layers, hidden 256)
+    .venv/bin/python benchmarks/meta_step.py --size paper --batch 4 --length 64 --steps 2 --warmup 1 --rounds 1
     .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
+    .venv/bin/python benchmarks/meta_step.py --accuracy              # every method's higher-order term vs exact
 
-Peak memory: growth of the subprocess's peak resident set size (getrusage ru_maxrss) over its resident size just
-before the first step — model, optimizer state, activations and the meta step's copies (θ', θ ± εg, g) — MiB.
-Breakdown: the meta step's phases timed separately (same functions `meta_step_gradients` calls, in order).
+Modes (each in its own subprocess, interleaved over `--rounds`; medians of the timed steps after `--warmup`):
+- plain: what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one batch.
+- ours, one per `hypergradient` method: `meta_step_gradients` (lookahead gradient, meta objective over one
+  validation batch per language — the training batch shared out over the languages, the trainer's default —,
+  higher-order term), AdamW on φ_i, then the θ step: `theta_gradient="recompute"` (forward + backward with the new
+  φ_i, Eq. 5) or, for `double_backward+lookahead`, θ's AdamW on the lookahead's gradient (no pass repeated).
+- higher: `higher.innerloop_ctx` over θ with SGD(lr β) (copy_initial_weights=False), one differentiable step on the
+  training batch, M on the validation batches, ∇_{φ_i} M by autograd through the unrolled step (exact; SDPA's math
+  kernel, as it needs a double backward); then AdamW on φ_i and the θ step with the new φ_i, as ours.
+- betty_darts / betty_sama: Betty's own `betty.hypergradient.darts` / `sama` functions called on our model through
+  a thin adapter exposing what they read of a Betty `Problem` (θ = the lower level's parameters, φ_i the upper's,
+  the training loss); Betty's Engine is not used. Betty's `darts` is Eq. 8's central difference (ε = darts_alpha
+  0.01 / ‖v‖); `sama` preconditions v with θ's AdamW state (and ε = 1 / ‖v‖): it approximates the Jacobian of an
+  Adam step, not Eq. 4's SGD lookahead, so its cosine with the exact SGD term is not expected to be 1.
+  The rest of the step (lookahead gradient, meta objective, φ and θ steps) is ours, so the time difference is the
+  higher-order term's implementation.
+
+"hypergradient s" is the meta step up to ∇_{φ_i} M; "step s" the whole training step (meta step + φ step + θ step).
+Cosines against ours with the exact double backward in float32, on the same model and batches, dropout off (eval
+mode: every implementation sees the same function), at the initial weights (measured after the timed steps): "cos exact" of ∇_{φ_i} M,
+"cos HO" of its higher-order term (∂M/∂φ_i − ∇_{φ_i} M) / β, which at β = 1e-4 is ~1e-3 of the whole.
+
+Peak memory: growth of the subprocess's peak resident set size over its size just before the first step, MiB, with
+glibc's `MALLOC_MMAP_THRESHOLD_` fixed at 64 KiB (and `MALLOC_TRIM_THRESHOLD_` 0): every allocation above 64 KiB is
+its own mmap, returned to the system when freed, so the resident size follows live tensors rather than the
+fragmentation of glibc's heap (the dynamic threshold otherwise decides it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
 from common import add_size_arguments, current_rss_mib, peak_rss_mib, run_worker, size_passthrough
 
-MODES = ("plain", "first_order", "forward_over_reverse", "finite_difference", "forward_difference", "exact")
-ACCURACY_SIZES = {  # (layers, hidden, heads, FFN, vocab)
-    "tiny": (2, 32, 4, 37, 99),
-    "paper": (8, 512, 8, 2048, 32000),
-}
-ACCURACY_METHODS = (  # (method, fd_epsilon)
-    ("forward_over_reverse", None), ("exact", None), ("finite_difference", 0.01), ("finite_difference", 0.1),
-    ("forward_difference", 0.01),
-)
+OURS = ("first_order", "forward_over_reverse", "central_difference", "forward_difference", "double_backward",
+        "double_backward+lookahead")
+PEERS = ("higher", "betty_darts", "betty_sama")
+MODES = ("plain", *OURS, *PEERS)
+SIZES = {"benchmark": (4, 256, 4, 1024, 8000), "paper": (8, 512, 8, 2048, 32000)}  # layers, hidden, heads, FFN, vocab
 LANGUAGES = ["en", "te"]
-PHASES = ("lookahead_gradient", "meta_objective", "higher_order", "phi_update", "theta_step")
+BETA = 1e-4
+PEER_VERSIONS = {"higher": "higher", "betty": "betty-ml"}
 
 
 def make_batch(language: int, args, generator, size: int | None = None):
@@ -54,6 +61,7 @@ def make_batch(language: int, args, generator, size: int | None = None):
     size = size or args.batch
     input_ids = torch.randint(5, args.vocab, (size, args.length), generator=generator)
     masked = torch.rand(size, args.length, generator=generator) < 0.15
+    masked[:, 1] = True
     return {
         "input_ids": input_ids.masked_fill(masked, 4),
         "attention_mask": torch.ones_like(input_ids),
@@ -63,174 +71,252 @@ def make_batch(language: int, args, generator, size: int | None = None):
 
 
 def validation_batch(args) -> int:
-    """Validation examples per language: --validation-batch, or the trainer's default (the training batch shared
-    out over the languages, rounded up)."""
+    """Validation examples per language: the training batch shared out over the languages (the trainer's default)."""
     return args.validation_batch or -(-args.batch // len(LANGUAGES))
 
 
-def measure(mode: str, args) -> dict:
-    """Runs in the subprocess: warm-up, then timed steps of one mode."""
+class BettyProblem:
+    """What `betty.hypergradient.darts` / `sama` read of a Betty Problem, for one meta step: the lower level's
+    parameters θ (`meta_trainable_parameters`, perturbed in place by ±εv), the upper level's φ_i
+    (`trainable_parameters`, differentiated), the training loss, and θ's optimizer (SAMA's preconditioner)."""
+
+    def __init__(self, model, theta, phi, batch, optimizer):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(darts_alpha=0.01, darts_multitask=False, sama_adam_alpha=1.0,
+                                      sama_multitask=False)
+        self._strategy, self.cur_batch, self.optimizer = "default", batch, optimizer
+        self.model, self.theta, self.phi = model, theta, phi
+        self._groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+    def meta_trainable_parameters(self):
+        return self.theta
+
+    def trainable_parameters(self):
+        return self.phi
+
+    def training_step_exec(self, batch):
+        return self.model(**batch).loss
+
+    def get_opt_param_group_for_param(self, param):
+        return self._groups[id(param)]
+
+    def get_opt_state_for_param(self, param):
+        return self.optimizer.state[param]
+
+
+def peer_hypergradient(mode, model, groups, language, batch, val_batches, theta_optimizer):
+    """∇_{φ_i} M computed by a peer library (see the module docstring), keyed by parameter name."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from meta_xlm.meta import SGDLookahead, count_labels, meta_objective_gradients, train_gradient
+
+    shared, phi = groups.shared, groups.languages[language]
+    weights = {code: 1 / len(val_batches) for code in val_batches}
+    if mode == "higher":
+        import higher
+
+        inner = torch.optim.SGD(list(shared.values()), lr=BETA)
+        with sdpa_kernel(SDPBackend.MATH), higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, opt):
+            opt.step(fmodel(**batch).loss)  # θ' = θ − β ∇_θ L_train (Eq. 3), differentiable
+            meta = sum(w * fmodel(**val_batches[code]).loss for code, w in weights.items())
+            return dict(zip(phi, torch.autograd.grad(meta, list(phi.values()))))
+    from betty.hypergradient.darts import darts
+    from betty.hypergradient.sama import sama
+
+    gradient = train_gradient(model, [batch], shared, count_labels([batch]), [0]).gradient
+    outer, direct, _ = meta_objective_gradients(
+        model, val_batches, SGDLookahead(BETA).step(shared, gradient), language, phi,
+        {code: count_labels([b]) for code, b in val_batches.items()},
+    )
+    problem = BettyProblem(model, list(shared.values()), list(phi.values()), batch, theta_optimizer)
+    implicit = (darts if mode == "betty_darts" else sama)(list(outer.values()), problem, problem, sync=False)
+    # Betty returns (∇_{φ} L(θ − εv) − ∇_{φ} L(θ + εv)) / 2ε = −[∇²_{φ_i,θ} L] v; Eq. 4 with the lookahead's β
+    return {name: direct[name] + BETA * term for name, term in zip(phi, implicit)}
+
+
+def our_hypergradient(method, model, groups, language, batch, val_batches, keep_theta_gradient=False):
+    from meta_xlm.meta import meta_step_gradients
+
+    return meta_step_gradients(model, [batch], val_batches, language, lookahead_lr=BETA, method=method, seeds=[0],
+                               val_seeds={code: k for k, code in enumerate(val_batches)}, groups=groups,
+                               keep_theta_gradient=keep_theta_gradient)
+
+
+def build(args):
     import torch
 
     from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-    from meta_xlm.meta import (
-        count_labels, lookahead, meta_objective_gradients, mixed_hessian_vector_product, train_gradient,
-    )
-    from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
+    from meta_xlm.meta import trainable_parameter_groups
+    from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    layers, hidden, heads, ffn, vocab = SIZES[args.size]
+    args.vocab = vocab
     config = MetaXLMConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, intermediate_size=args.ffn, max_position_embeddings=args.length + 2,
-        languages=LANGUAGES, language_modules="adapters",
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=ffn, max_position_embeddings=args.length + 2, languages=LANGUAGES, language_modules="adapters",
     )
     model = MetaXLMForMaskedLM(config).train()
-    groups = parameter_groups(model)
-    language_ids = {id(p) for params in groups.languages.values() for p in params.values()}
-    if mode == "plain":  # +adpt: one optimizer over everything
-        theta_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    else:
-        theta_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in language_ids], lr=1e-4)
-        phi_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) in language_ids], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     train_batches = [make_batch(step % 2, args, generator) for step in range(4)]
-    val_batches = {
-        code: make_batch(k, args, generator, validation_batch(args)) for k, code in enumerate(LANGUAGES)
-    }
-    val_num_items = {code: count_labels([b]) for code, b in val_batches.items()}
+    val_batches = {code: make_batch(k, args, generator, validation_batch(args)) for k, code in enumerate(LANGUAGES)}
+    return model, trainable_parameter_groups(model), train_batches, val_batches
 
+
+def measure(mode: str, args) -> dict:
+    """Runs in the subprocess: warm-up, timed steps of one mode, then the accuracy of its hypergradient."""
+    import torch
+
+    model, groups, train_batches, val_batches = build(args)
+    language_ids = {id(p) for params in groups.languages.values() for p in params.values()}
+    if mode == "plain":  # +adpt: one optimizer over everything
+        theta_optimizer = torch.optim.AdamW(model.parameters(), lr=BETA)
+    else:
+        theta_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in language_ids], lr=BETA)
+        phi_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) in language_ids], lr=BETA)
     rss_before = current_rss_mib()
-    totals, phases = [], {phase: [] for phase in PHASES}
+    totals, hyper_times = [], []
     for step in range(args.warmup + args.steps):
         batch = train_batches[step % len(train_batches)]
         language = LANGUAGES[int(batch["lang_ids"][0])]
-        marks = [time.perf_counter()]
+        start = time.perf_counter()
+        theta_gradient = None
         if mode != "plain":
-            shared, phi = groups.shared, groups.languages[language]
-            num_items = count_labels([batch])
-            # Eq. 3: lookahead gradient of θ (the trainer uses the same functions through meta_step_gradients);
-            # forward_difference also takes φ_i's gradient there, the base point of its one-sided difference.
-            wrt = {**shared, **phi} if mode == "forward_difference" else shared
-            # exact: the lookahead's gradient keeps its graph for the higher-order term
-            train = train_gradient(model, [batch], wrt, num_items, [step], keep_graph=mode == "exact")
-            at_theta = {name: train.gradient.pop(name) for name in phi} if mode == "forward_difference" else None
-            theta_prime = lookahead(shared, train.gradient, 1e-4)
-            marks.append(time.perf_counter())
-            outer, direct, _ = meta_objective_gradients(model, val_batches, theta_prime, language, phi, val_num_items)
-            del theta_prime
-            marks.append(time.perf_counter())
-            higher = mixed_hessian_vector_product(
-                model, [batch], shared, phi, outer, num_items, [step], mode, fd_epsilon=0.01,
-                gradient_at_theta=at_theta, attached=train.attached,
-            )
-            del train
-            marks.append(time.perf_counter())
-            for name, param in phi.items():  # Eq. 4, then φ_i's own AdamW
-                param.grad = direct[name] - 1e-4 * higher[name]
+            if mode in PEERS:
+                hyper = peer_hypergradient(mode, model, groups, language, batch, val_batches, theta_optimizer)
+            else:
+                result = our_hypergradient(mode.split("+")[0], model, groups, language, batch, val_batches,
+                                           keep_theta_gradient=mode.endswith("+lookahead"))
+                hyper, theta_gradient = result.hypergradient, result.theta_gradient
+            hyper_times.append(time.perf_counter() - start)
+            for name, param in groups.languages[language].items():  # φ_i's own AdamW (Algorithm 1 line 6)
+                param.grad = hyper[name]
             phi_optimizer.step()
             phi_optimizer.zero_grad(set_to_none=True)
-            del outer, direct, higher
-            marks.append(time.perf_counter())
-        loss = model(**batch).loss  # Eq. 5 (plain: the whole +adpt step)
-        loss.backward()
+            del hyper
+        if theta_gradient is None:  # Eq. 5 (plain: the whole +adpt step)
+            loss = model(**batch).loss
+            loss.backward()
+        else:  # θ on the lookahead's gradient: no pass repeated
+            for name, g in theta_gradient.items():
+                model.get_parameter(name).grad = g
+            loss = torch.zeros(())
         theta_optimizer.step()
-        theta_optimizer.zero_grad(set_to_none=True)
         for param in model.parameters():
             param.grad = None
-        marks.append(time.perf_counter())
+        del theta_gradient
         if not torch.isfinite(loss):
             raise RuntimeError(f"{mode}: non-finite loss {loss.item()}")
         if step >= args.warmup:
-            totals.append(marks[-1] - marks[0])
-            if mode != "plain":
-                for phase, start, end in zip(PHASES, marks, marks[1:]):
-                    phases[phase].append(end - start)
-    return {"seconds": totals, "phases": phases, "peak_mib": peak_rss_mib() - rss_before}
+            totals.append(time.perf_counter() - start)
+    peak = peak_rss_mib() - rss_before
+    # accuracy at the initial weights, the same for every mode (a few AdamW steps shrink the higher-order term at
+    # the paper's size until fp32 rounding of the direct term, which the peers compute on their own, dominates it)
+    fresh, fresh_groups, _, _ = build(args)
+    return {"seconds": totals, "hyper_seconds": hyper_times[args.warmup:], "peak_mib": peak,
+            "cosine": cosine_with_exact(mode, fresh, fresh_groups, train_batches[1], val_batches, train_batches[0])}
 
 
-def accuracy_rows(size: str, threads: int, methods: list[str]):
-    """Yields (method, precision, cosine, norm ratio, higher-order ratio) of every method at one size, against the
-    exact float32 higher-order term."""
+def adam_state(model, groups, batch):
+    """θ's AdamW with its moments filled by one gradient of `batch` at learning rate 0 (the weights do not move):
+    the state Betty's `sama` preconditions with."""
     import torch
 
-    from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+    optimizer = torch.optim.AdamW(list(groups.shared.values()), lr=0.0)
+    model(**batch).loss.backward()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        group["lr"] = BETA
+    return optimizer
+
+
+def cosine_with_exact(mode, model, groups, batch, val_batches, state_batch) -> list[float] | None:
+    """Cosines of the mode's ∇_{φ_i} M, and of its higher-order term (∂M/∂φ_i − ∇_{φ_i} M) / β, with ours by exact
+    double backward: float32, dropout off. At β = 1e-4 the higher-order term is ~1e-3 of the direct one, so the
+    first cosine is ~1 for every method; the second tells the methods apart."""
+    import torch
+
+    if mode == "plain":
+        return None
+    model.eval()
+    language = LANGUAGES[int(batch["lang_ids"][0])]
+    names = list(groups.languages[language])
+    if mode in PEERS:
+        optimizer = adam_state(model, groups, state_batch)
+        got = peer_hypergradient(mode, model, groups, language, batch, val_batches, optimizer)
+    else:
+        got = our_hypergradient(mode.split("+")[0], model, groups, language, batch, val_batches).hypergradient
+    exact = our_hypergradient("double_backward", model, groups, language, batch, val_batches)
+
+    def flat(tensors):
+        return torch.cat([tensors[n].detach().double().reshape(-1) for n in names])
+
+    direct = flat(exact.direct)
+    pairs = ((flat(got), flat(exact.hypergradient)), (direct - flat(got), direct - flat(exact.hypergradient)))
+    return [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in pairs]
+
+
+def accuracy_rows(args):
+    """(method, precision, cosine, norm ratio) of every method's higher-order term against the exact fp32 one."""
+    import torch
+
     from meta_xlm.meta import (
         count_labels, lookahead, meta_objective_gradients, mixed_hessian_vector_product, train_gradient,
-        trainable_parameter_groups,
     )
-    from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    layers, hidden, heads, ffn, vocab = ACCURACY_SIZES[size]
-    config = MetaXLMConfig(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=ffn, max_position_embeddings=66, languages=LANGUAGES, language_modules="adapters",
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    model = MetaXLMForMaskedLM(config).train()
-    sizes = argparse.Namespace(batch=4, length=64, vocab=vocab)
-    generator = torch.Generator().manual_seed(0)
-    train = [make_batch(1, sizes, generator)]
-    val = {code: make_batch(k, sizes, generator) for k, code in enumerate(LANGUAGES)}
-    groups = trainable_parameter_groups(model)
-    shared, phi = groups.shared, groups.languages["te"]
-    num_items, beta = count_labels(train), 1e-4
+    model, groups, train_batches, val_batches = build(args)
+    model.eval()  # dropout off: the methods compute the same function
+    train, shared, phi = [train_batches[1]], groups.shared, groups.languages["te"]
+    num_items = count_labels(train)
     gradient = train_gradient(model, train, shared, num_items, [0]).gradient
-    outer, direct, _ = meta_objective_gradients(
-        model, val, lookahead(shared, gradient, beta), "te", phi, {c: count_labels([b]) for c, b in val.items()}
-    )
+    outer, _, _ = meta_objective_gradients(model, val_batches, lookahead(shared, gradient, BETA), "te", phi,
+                                           {c: count_labels([b]) for c, b in val_batches.items()})
 
     def flat(tensors):
         return torch.cat([tensors[name].double().reshape(-1) for name in phi])
 
-    reference = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], "exact"))
-    for method, epsilon in (entry for entry in ACCURACY_METHODS if entry[0] in methods):
+    reference = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], "double_backward"))
+    for method in OURS[1:-1]:
         for precision in ("fp32", "bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                # as meta_step_gradients runs them, at this precision: forward_difference's base point ∇_{φ_i} L(θ)
-                # and exact's graph both come from the lookahead's pass
-                at_theta = train_gradient(model, train, phi, num_items, [0]).gradient if method == "forward_difference" else None
-                kept = train_gradient(model, train, shared, num_items, [0], keep_graph=True) if method == "exact" else None
-                term = flat(mixed_hessian_vector_product(
-                    model, train, shared, phi, outer, num_items, [0], method, fd_epsilon=epsilon or 0.01,
-                    gradient_at_theta=at_theta, attached=kept.attached if kept else None,
-                ))
+                kept = train_gradient(model, train, shared, num_items, [0], keep_graph=True)
+                at_theta = train_gradient(model, train, phi, num_items, [0]).gradient
+                term = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], method,
+                                                         gradient_at_theta=at_theta, attached=kept.attached))
             cosine = float(torch.nn.functional.cosine_similarity(term, reference, dim=0))
-            label = method if epsilon is None else f"{method}, fd_epsilon {epsilon}"
-            yield (label, precision, cosine, float(term.norm() / reference.norm()),
-                   float(beta * term.norm() / flat(direct).norm()))
+            yield method, precision, cosine, float(term.norm() / reference.norm())
 
 
-def print_accuracy(args) -> None:
-    print("higher-order term of Eq. 4 vs the exact (double backward) term in float32; random init, dropout off, "
-          "batch 4 x 64, beta 1e-4, en + te")
-    print(f"{'size':<6} {'method':<36} {'precision':<9} {'cosine':>8} {'norm ratio':>10} {'β·HO/direct':>12}")
-    for size in args.accuracy_sizes.split(","):
-        for label, precision, cosine, norm_ratio, ho_ratio in accuracy_rows(size, args.threads, args.modes):
-            print(f"{size:<6} {label:<36} {precision:<9} {cosine:>8.4f} {norm_ratio:>10.4f} {ho_ratio:>12.2e}",
-                  flush=True)
+def peer_status(mode: str) -> str | None:
+    """Why a peer cannot run here, or None."""
+    package = "higher" if mode == "higher" else "betty"
+    try:
+        __import__(package)
+    except Exception as error:  # an import failure of a peer is reported, not fatal
+        return (f"{mode}: cannot import {package} ({type(error).__name__}: {error}); install the pinned peers: "
+                "pip install --no-deps --ignore-requires-python higher==0.2.1 betty-ml==0.2.1")
+    return None
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_arguments(parser, steps=5)
-    parser.add_argument("--validation-batch", type=int, default=None,
-                        help="validation examples per language (default: --batch / languages, rounded up, the "
-                             "trainer's default; MetaXLMTrainingArguments.meta_validation_batch_size sets it)")
-    parser.add_argument("--accuracy", action="store_true", help="print the accuracy table instead of timing")
-    parser.add_argument("--accuracy-sizes", default="tiny,paper", help=f"comma-separated, of {list(ACCURACY_SIZES)}")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help=f"comma-separated subset of {list(MODES)} (timing: plain is always measured; "
-                             "--accuracy: the methods in the table)")
+    parser.add_argument("--size", choices=list(SIZES), default="benchmark",
+                        help="model size (layers, hidden, heads, FFN, vocab); --vocab is taken from it")
+    parser.add_argument("--validation-batch", type=int, default=None, help="validation examples per language")
+    parser.add_argument("--accuracy", action="store_true", help="print the higher-order term's accuracy table")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.modes = ["plain"] + [m for m in args.modes.split(",") if m != "plain"]
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
         parser.error(f"--modes: {unknown} not in {list(MODES)}")
-    args.passthrough = size_passthrough(args)
+    args.passthrough = [*size_passthrough(args), f"--size={args.size}"]
     if args.validation_batch is not None:
         args.passthrough.append(f"--validation-batch={args.validation_batch}")
     return args
@@ -242,45 +328,72 @@ def main():
         print(json.dumps(measure(args.worker, args)))
         return
     if args.accuracy:
-        print_accuracy(args)
+        print(f"higher-order term of Eq. 4 vs exact double backward in fp32; {args.size} size, dropout off, "
+              f"batch {args.batch} x {args.length}, beta {BETA}")
+        for method, precision, cosine, norm_ratio in accuracy_rows(args):
+            print(f"{method:<22} {precision:<5} cosine {cosine:8.4f}  norm ratio {norm_ratio:8.4f}", flush=True)
         return
-    collected = {mode: {"seconds": [], "peak_mib": [], "phases": {p: [] for p in PHASES}} for mode in args.modes}
+    os.environ.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")  # see the docstring
+    skipped = {mode: reason for mode in args.modes if mode in PEERS and (reason := peer_status(mode))}
+    collected = {mode: {"seconds": [], "hyper_seconds": [], "peak_mib": [], "cosine": None} for mode in args.modes}
     for round_index in range(args.rounds):
-        for mode in args.modes:
+        for mode in (m for m in args.modes if m not in skipped):
             print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
-            result = run_worker(__file__, mode, args)
-            collected[mode]["seconds"] += result["seconds"]
-            collected[mode]["peak_mib"].append(result["peak_mib"])
-            for phase in PHASES:
-                collected[mode]["phases"][phase] += result["phases"][phase]
+            try:
+                result = run_worker(__file__, mode, args)
+            except RuntimeError as error:  # a peer that fails on this model is reported with its reason
+                if mode not in PEERS:
+                    raise
+                skipped[mode] = str(error).strip().splitlines()[-1]
+                continue
+            for key in ("seconds", "hyper_seconds", "peak_mib"):
+                collected[mode][key] += result[key] if key != "peak_mib" else [result[key]]
+            collected[mode]["cosine"] = result["cosine"]
+    report(args, collected, skipped)
 
-    time_of = {mode: statistics.median(collected[mode]["seconds"]) for mode in args.modes}
-    peak_of = {mode: max(collected[mode]["peak_mib"]) for mode in args.modes}
-    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
-          f"FFN {args.ffn}, vocab {args.vocab}, {len(LANGUAGES)} languages (validation batch per language "
-          f"{validation_batch(args)}), {args.threads} threads, fp32, "
-          f"median of {args.steps * args.rounds} steps")
-    print(f"{'mode':<18} {'s/step':>8} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
-    for mode in args.modes:
-        print(f"{mode:<18} {time_of[mode]:>8.3f} {time_of[mode] / time_of['plain']:>8.2f} "
-              f"{peak_of[mode]:>9.0f} {peak_of[mode] / peak_of['plain']:>8.2f}")
-    print("\nbreakdown of a meta step (median seconds, in units of one plain step):")
-    print(f"{'mode':<18} " + " ".join(f"{phase:>19}" for phase in PHASES))
-    for mode in args.modes[1:]:
-        cells = [statistics.median(collected[mode]["phases"][phase]) for phase in PHASES]
-        print(f"{mode:<18} " + " ".join(f"{c:>8.3f} ({c / time_of['plain']:>5.2f}x)  " for c in cells))
-    print()
-    from meta_xlm.trainer import MetaXLMTrainingArguments
 
-    default = MetaXLMTrainingArguments.__dataclass_fields__["hypergradient"].default
-    if default in args.modes:
-        print(f"{default} (default) time / plain (target <= 4.5): {time_of[default] / time_of['plain']:.2f}")
-        print(f"{default} (default) peak / plain (target <= 2.0): {peak_of[default] / peak_of['plain']:.2f}")
-    # The plain step runs in its own subprocesses and varies between them (0.48-0.62 s seen at the issue's size);
-    # every meta step also contains a plain step (its θ step), timed in the same process: a second baseline.
-    for mode in args.modes[1:]:
-        theta_step = statistics.median(collected[mode]["phases"]["theta_step"])
-        print(f"{mode} time / its own theta step (same process): {time_of[mode] / theta_step:.2f}")
+def report(args, collected, skipped) -> None:
+    ran = [mode for mode in args.modes if mode not in skipped]
+    time_of = {m: statistics.median(collected[m]["seconds"]) for m in ran}
+    hyper_of = {m: statistics.median(collected[m]["hyper_seconds"]) for m in ran if m != "plain"}
+    peak_of = {m: max(collected[m]["peak_mib"]) for m in ran}
+    layers, hidden, heads, ffn, vocab = SIZES[args.size]
+    print(f"\n{args.size} size: {layers} layers, hidden {hidden}, {heads} heads, FFN {ffn}, vocab {vocab}; batch "
+          f"{args.batch} x {args.length}, validation batch {validation_batch(args)} per language, {len(LANGUAGES)} "
+          f"languages, fp32, {args.threads} threads, median of {args.steps * args.rounds} steps; peak memory with "
+          "MALLOC_MMAP_THRESHOLD_=65536")
+    print(f"{'mode':<26} {'step s':>7} {'x plain':>7} {'hypergrad s':>11} {'peak MiB':>9} {'x plain':>7} "
+          f"{'cos exact':>9} {'cos HO':>7}")
+    for mode in ran:
+        cosine, higher_order = collected[mode]["cosine"] or (None, None)
+        print(f"{mode:<26} {time_of[mode]:>7.3f} {time_of[mode] / time_of['plain']:>7.2f} "
+              f"{f'{hyper_of[mode]:.3f}' if mode in hyper_of else '':>11} {peak_of[mode]:>9.0f} {peak_of[mode] / peak_of['plain']:>7.2f} "
+              f"{'' if cosine is None else f'{cosine:.4f}':>9} {'' if cosine is None else f'{higher_order:.4f}':>7}")
+    for mode, reason in skipped.items():
+        print(f"{mode}: not run: {reason}")
+    for ours, target in (("double_backward+lookahead", 3.0), ("double_backward", 4.0)):
+        if ours in ran:
+            print(f"{ours} (default method): time {time_of[ours] / time_of['plain']:.2f}x plain (target <= {target}), "
+                  f"memory {peak_of[ours] / peak_of['plain']:.2f}x plain (target <= 2.0)")
+    if "higher" in ran:
+        for ours in ("double_backward+lookahead", "double_backward"):
+            if ours in ran:
+                print(f"{ours} vs higher, whole step: time {time_of[ours] / time_of['higher']:.2f}x (target <= 0.75), "
+                      f"peak {peak_of[ours] / peak_of['higher']:.2f}x (target <= 0.9); hypergradient only: time "
+                      f"{hyper_of[ours] / hyper_of['higher']:.2f}x")
+    print(f"peer versions: {peer_versions()}")
+
+
+def peer_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name, distribution in PEER_VERSIONS.items():
+        try:
+            found.append(f"{name} {version(distribution)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,14 @@ def accelerate_launch():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny ops run fastest on one thread; on a shared 2-core machine two threads per op contend (8x slower seen).
+    Trainer and meta-step test modules use it for every test: `pytestmark = pytest.mark.usefixtures(...)`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -287,3 +287,42 @@ def test_lookahead_effect_survives_bf16_autocast_at_realistic_width(kind):
         assert cosine(plain, reference) < 0.5, cosine(plain, reference)
     true_share = float(flat(reference).norm() / flat(at_prime64).norm())
     assert lookahead_share(at_prime, at_theta) == pytest.approx(true_share, rel=0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The same unbiasedness through the wired meta step (issue 27, phase 2)
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sgd", "optimizer"])
+def test_wired_meta_step_with_sampled_languages_is_exactly_unbiased(kind):
+    """L = 4, k = 2 through the package's own meta step: the trainer's objective (`steps.sampled_languages`) draws
+    each of the 3 subsets (enumerated over steps), `meta.meta_step_gradients` computes M̂ and ∇_{φ_i} M̂ (double
+    backward, the lookahead as the trainer builds it); their probability-weighted average equals the all-language
+    M and hypergradient (float64)."""
+    from meta_xlm.meta import PreconditionedLookahead, SGDLookahead as PaperLookahead, meta_step_gradients
+    from meta_xlm.steps import sampled_languages
+
+    model = tiny_model()
+    optimizer = trained_adamw(model, 2)
+    shared = parameter_groups(model).shared
+    train, vals = mlm_batch("pt", seed=0), {c: mlm_batch(c, seed=20 + k) for k, c in enumerate(LANGUAGES)}
+
+    def meta_step(weights):
+        lookahead = PaperLookahead(0.3) if kind == "sgd" else PreconditionedLookahead(
+            make_lookahead("optimizer", None, optimizer, shared))
+        return meta_step_gradients(model, [train], vals, "pt", lookahead_lr=lookahead.rate, method="double_backward",
+                                   lookahead=lookahead, meta_weights=weights, seeds=[0])
+
+    full = meta_step(None)  # the paper's M: every language, 1/L
+    objective = sampled_languages(2, seed=11)
+    subsets = {tuple(weights): weights for weights in (objective(LANGUAGES, "pt", step) for step in range(40))}
+    assert len(subsets) == 3  # {pt, j} for each j ≠ pt
+    mean_m, mean_grad, estimates = 0.0, 0.0, []
+    for weights in subsets.values():
+        estimate = meta_step(weights)
+        mean_m = mean_m + subset_probability(len(LANGUAGES), 2) * estimate.meta_loss
+        mean_grad = mean_grad + subset_probability(len(LANGUAGES), 2) * flat(estimate.hypergradient)
+        estimates.append(flat(estimate.hypergradient))
+    assert float(full.higher_order_share) > 1e-3  # the higher-order term is part of what is averaged
+    assert max(float((e - flat(full.hypergradient)).norm()) for e in estimates) > 1e-4  # subsets differ: a real test
+    assert abs(float(mean_m - full.meta_loss)) < 1e-10
+    torch.testing.assert_close(mean_grad, flat(full.hypergradient), rtol=0, atol=1e-10)

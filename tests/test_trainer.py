@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from meta_setup import blocks, deterministic_collator, make_trainer, tiny_model
+from meta_setup import blocks, deterministic_collator, make_trainer, snapshot, tiny_model
 
 from meta_xlm.modeling_meta_xlm import parameter_groups
 from meta_xlm.trainer import MetaXLMTrainingArguments
@@ -19,17 +19,8 @@ from meta_xlm.trainer import MetaXLMTrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread; on a shared 2-core machine two threads per op contend (8x slower seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def test_meta_step_moves_only_phi_i_and_theta_uses_the_new_phi_i(tmp_path):

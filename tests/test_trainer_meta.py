@@ -23,12 +23,7 @@ from meta_xlm.trainer import MetaXLMTrainer, MetaXLMTrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def language_params(model, code: str) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from ddp_surgery_train import main as train_and_save
-from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, tiny_model
+from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer, snapshot, tiny_model
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
@@ -22,17 +22,8 @@ from meta_xlm.trainer import MetaXLMTrainingArguments
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops run fastest on one thread; on a shared 2-core machine two threads per op contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def snapshot(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def joint_pair_model() -> MetaXLMForMaskedLM:

@@ -217,6 +217,7 @@ def training_rows(
         alpha = training_config.get("meta_learning_rate") or training_config.get("learning_rate")
         rows.append(("meta learning rate (α)", str(alpha)))
         rows.append(("hypergradient", str(training_config.get("hypergradient", DEFAULT_HYPERGRADIENT))))
+        rows.extend(lookahead_rows(training_config, trainer_state))
         rows.append(("meta objective data", f"meta-validation split, {training_config.get('meta_validation_sentences')} "
                                             "sentences per language, disjoint from training and validation text"))
     if training_config.get("gradient_surgery"):
@@ -230,6 +231,26 @@ def training_rows(
     if training_config:
         rows.append(("precision", precision))
     rows.append(("hardware", hardware))
+    return rows
+
+
+def lookahead_rows(training_config: Mapping, trainer_state: Mapping | None) -> list[tuple[str, str]]:
+    """The meta step's lookahead and meta objective (issue 27), and their logged diagnostics averaged over the
+    run. Configs written before issue 27 have none of these settings: they ran the paper's (SGD lookahead at θ's
+    learning rate, every language)."""
+    kind = training_config.get("lookahead", "sgd")
+    rate = training_config.get("lookahead_lr")
+    k = training_config.get("meta_languages_per_step")
+    rows = [("lookahead θ'", "θ's AdamW step (optimizer)" if kind == "optimizer" else "θ − β g (sgd, Eq. 3)"),
+            ("lookahead rate", "θ's learning rate" if rate is None else str(rate)),
+            ("meta objective languages per step (k)", "all" if k is None else str(k))]
+    logs = (trainer_state or {}).get("log_history", [])
+    for key, label in (("meta_objective_languages", "meta objective languages per step (logged mean)"),
+                       ("meta_higher_order_ratio", "higher-order share ‖higher-order‖ / ‖direct‖ (mean)"),
+                       ("meta_lookahead_share", "lookahead share ‖Δ direct‖ / ‖direct‖ (mean)")):
+        values = [entry[key] for entry in logs if key in entry]
+        if values:
+            rows.append((label, f"{sum(values) / len(values):.3g}"))
     return rows
 
 

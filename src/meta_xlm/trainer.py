@@ -29,20 +29,35 @@ global batch under any number of processes when that division is exact — set i
 (so 2 processes × B equal 1 process × 2B), and collation runs under a
 forked RNG seeded from the same triple, so masking does not depend on (or disturb) the training RNG stream.
 
-One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.meta`), in `training_step`
-------------------------------------------------------------------------------------------------------------
+Optimizer steps (`meta_xlm.steps`)
+----------------------------------
+One object runs every optimizer step of a run, picked once at construction: `PlainStep` (the Trainer's own
+forward/backward), `MetaStep` (`meta_learning=True`) or `LanguageBalancedStep` (surgery / loss weights).
+`get_batch_samples` hands it the step's micro-batches (`begin`), `training_step` each micro-batch
+(`micro_batch`); it also provides the step's logs and checkpoint state. φ (every language-specific parameter) is
+kept out of DDP's reducer: the step objects sum φ's gradients across processes themselves, so an unused φ_j never
+stalls DDP and `ddp_find_unused_parameters=False` (transformers' choice under activation checkpointing) works.
+DeepSpeed and FSDP are refused with meta learning and language-balanced steps (they own the optimizer / shard the
+parameters whose whole gradients these steps combine), and so is `torch_compile=True` with a hypergradient method
+that differentiates twice.
+
+One optimizer step with `meta_learning=True` (Algorithm 1; math in `meta_xlm.meta`)
+----------------------------------------------------------------------------------
 At the first micro-batch of the step, on the unwrapped model, over ALL micro-batches of the step (the Trainer
 prefetches them; a step that starts without them raises): lookahead θ' = θ − β ∇_θ L_train^i (β = current θ
 learning rate), meta objective over every language's meta-validation batch, hypergradient of φ_i (by default
-exact, by differentiating the lookahead's θ-gradient once more); gradients are taken with `torch.autograd.grad`, every loss is sum(CE) / its global
-label count and processes sum their shares, so the meta step equals one process over the global batch whatever
-`average_tokens_across_devices` says. φ_i is clipped (`max_grad_norm`) and updated by its own optimizer (the
-class `optim` / `optim_args` give, AdamW by default; rate α = `meta_learning_rate`, its own schedule of the same
-type, stepped only when φ steps). A non-finite hypergradient skips φ's update (`meta_skipped_updates` in the
-logs). Then every micro-batch runs the Trainer's ordinary forward/backward through DDP with the NEW φ_i (Eq. 5),
-and θ's optimizer (which holds no language-specific parameter) steps. Frozen parameters take no part (the
-trainable groups are computed once, at construction). Logged with the loss: `meta_loss` (the global M),
-`meta_higher_order_ratio` (‖β · higher-order‖ / ‖direct‖), `meta_skipped_updates`, `meta_learning_rate`.
+`double_backward`: exact, differentiating the lookahead's θ-gradient once more); gradients are taken with
+`torch.autograd.grad`, every loss is sum(CE) / its global label count and processes sum their shares, so the meta
+step equals one process over the global batch whatever `average_tokens_across_devices` says. φ_i is clipped
+(`max_grad_norm`) and updated by its own optimizer (the class `optim` / `optim_args` give, AdamW by default; rate
+α = `meta_learning_rate`, its own schedule of the same type, stepped only when φ steps). A non-finite
+hypergradient skips φ's update (`meta_skipped_updates` in the logs). Then θ's gradient (`theta_gradient`):
+"recompute" (default, Eq. 5) runs every micro-batch's forward/backward again through DDP with the NEW φ_i, on the
+lookahead's dropout masks, φ frozen; "lookahead" takes the lookahead's ∇_θ L_train^i(θ, φ^t), already summed across
+processes, and repeats no pass. θ's optimizer (which holds no language-specific parameter) then steps. Frozen
+parameters take no part (the trainable groups are computed once, at construction). Logged with the loss:
+`meta_loss` (the global M), `meta_higher_order_ratio` (‖β · higher-order‖ / ‖direct‖), `meta_skipped_updates`,
+`meta_learning_rate`.
 
 Language-balanced steps (`gradient_surgery` or `language_loss_weights`; math in `meta_xlm.surgery`)
 --------------------------------------------------------------------------------------------------
@@ -57,9 +72,8 @@ Trainer then clips and steps as usual. GradVac's EMA targets are saved with each
 
 from __future__ import annotations
 
-import itertools
-import math
-import os
+import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -70,21 +84,23 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_optimizer import is_optimizer_factory
 
 from .meta import (
-    DEFAULT_HYPERGRADIENT, HYPERGRADIENT_METHODS, MetaStep, check_method, count_labels, meta_step_gradients, trainable_parameter_groups,
+    DEFAULT_HYPERGRADIENT, HYPERGRADIENT_METHODS, MetaGradients, check_method, count_labels, higher_order_term,
+    meta_step_gradients, trainable_parameter_groups,
 )
+from .lookahead import LOOKAHEAD_KINDS, adamw_states, full_precision, make_lookahead
+from .meta import PreconditionedLookahead, SGDLookahead
 from .modeling_meta_xlm import ParameterGroups
-from .sampling import LanguageBalancedBatchSampler, LanguageBatchSampler, MetaValidationBatches, lang_ids_of
+from .sampling import LanguageBalancedBatchSampler, LanguageBatchSampler, lang_ids_of
+from .steps import LanguageBalancedStep, MetaStep, PlainStep, meta_validation_batches, sampled_languages
 from .surgery import (
     GRADIENT_SURGERY_METHODS,
     SURGERY_GRANULARITIES,
     LanguageGradients,
     check_surgery_arguments,
     parse_language_loss_weights,
-    split_by_language,
 )
 
-META_OPTIMIZER_NAME = "meta_optimizer.pt"
-SURGERY_STATE_NAME = "surgery_state.pt"
+THETA_GRADIENTS = ("recompute", "lookahead")
 
 
 @dataclass
@@ -94,16 +110,46 @@ class MetaXLMTrainingArguments(TrainingArguments):
     )
     hypergradient: str = field(
         default=DEFAULT_HYPERGRADIENT,
-        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: exact by double backward through the lookahead's own "
-                          "graph (accurate in bf16 at any size; the fastest exact method; holds every micro-batch's "
-                          "graph of the step) / exact by forward-mode AD (one micro-batch at a time: memory flat in "
-                          "accumulation steps) / Eq. 8 central (the paper's; accurate on small models only) / Eq. 8 "
-                          "one-sided (one probe fewer, O(ε) error) / higher-order term dropped"},
+        metadata={"help": f"one of {HYPERGRADIENT_METHODS}: double_backward (exact, through the lookahead's own "
+                          "graph; accurate in bf16 at any size; the fastest exact method; holds every micro-batch's "
+                          "graph of the step) / forward_over_reverse (exact, forward-mode AD, one micro-batch at a "
+                          "time: memory flat in accumulation steps) / central_difference (Eq. 8, the paper's; "
+                          "accurate on small models only) / forward_difference (Eq. 8 one-sided, one probe fewer, "
+                          "O(ε) error) / first_order (higher-order term dropped); 'exact' and 'finite_difference' "
+                          "are the older names of double_backward and central_difference"},
+    )
+    theta_gradient: str = field(
+        default="recompute",
+        metadata={"help": f"one of {THETA_GRADIENTS}: θ's gradient in a meta step: recompute = ∇_θ L_train^i(θ, "
+                          "φ^{t+1}) by another forward/backward pass with the new φ_i (Eq. 5) / lookahead = the "
+                          "lookahead's ∇_θ L_train^i(θ, φ^t), no pass repeated (the authors' code)"},
     )
     meta_learning_rate: float | None = field(
         default=None, metadata={"help": "α, the φ learning rate; None = learning_rate (as in the paper)"}
     )
     fd_epsilon: float = field(default=0.01, metadata={"help": "finite-difference step: ε = fd_epsilon / ‖g‖"})
+    lookahead: str = field(
+        default="sgd",
+        metadata={"help": f"one of {LOOKAHEAD_KINDS}: θ' of Eq. 3: sgd = θ − β g (the paper) / optimizer = the "
+                          "step θ's own AdamW would take from its current state (moments, bias correction, weight "
+                          "decay, lr); the higher-order term differentiates through that step"},
+    )
+    lookahead_lr: float | None = field(
+        default=None,
+        metadata={"help": "β of the lookahead (its lr for lookahead='optimizer'); None = θ's current learning rate "
+                          "(the paper); 0 = no lookahead (θ' = θ, the higher-order term vanishes)"},
+    )
+    meta_languages_per_step: int | None = field(
+        default=None,
+        metadata={"help": "k: the meta objective reads language i plus k − 1 others sampled per step (seed, global "
+                          "step), weighted so M and ∇_{φ_i} M are unbiased: cost constant in the number of languages "
+                          "L; None = every language (the paper); k >= 2"},
+    )
+    meta_full_precision: bool = field(
+        default=True,
+        metadata={"help": "under bf16 autocast, run the meta objective's passes at θ' in float32 (autocast would "
+                          "round θ' to θ); False = under autocast, as before issue 27"},
+    )
     meta_validation_batch_size: int | None = field(
         default=None,
         metadata={"help": "validation examples per language per device in the meta objective; None = the "
@@ -133,13 +179,24 @@ class MetaXLMTrainingArguments(TrainingArguments):
                 "meta_learning=True does not support fp16=True: the meta step's gradients bypass the GradScaler, so "
                 "fp16 underflow would go unnoticed; use bf16=True (or float32)"
             )
+        check_engine(self.own_steps, deepspeed=self.deepspeed, fsdp=self.fsdp)  # before the engines are set up
+        if self.theta_gradient not in THETA_GRADIENTS:
+            raise ValueError(f"theta_gradient={self.theta_gradient!r} is not one of {THETA_GRADIENTS}")
+        check_method(self.hypergradient)
+        if self.meta_learning and self.torch_compile and higher_order_term(self.hypergradient).differentiates_twice:
+            raise ValueError(
+                f"meta_learning=True with hypergradient={self.hypergradient!r} and torch_compile=True is not "
+                "supported: that method differentiates a gradient again, and a torch.compile'd graph has no double "
+                "backward; use hypergradient='central_difference', 'forward_difference' or 'first_order', or "
+                "torch_compile=False"
+            )
         super().__post_init__()
         check_surgery_arguments(self.gradient_surgery, self.surgery_granularity, self.gradvac_ema, self.meta_learning)
         weights = parse_language_loss_weights(self.language_loss_weights) or {}
         self.language_loss_weights = [f"{code}={weight}" for code, weight in weights.items()]  # a dict is fine too
-        check_method(self.hypergradient)
         if self.fd_epsilon <= 0:
             raise ValueError(f"fd_epsilon must be > 0, got {self.fd_epsilon}")
+        check_lookahead_arguments(self.lookahead, self.lookahead_lr, self.meta_languages_per_step)
         if self.meta_validation_batch_size is not None and self.meta_validation_batch_size < 1:
             raise ValueError(f"meta_validation_batch_size must be >= 1, got {self.meta_validation_batch_size}")
 
@@ -152,34 +209,60 @@ class MetaXLMTrainingArguments(TrainingArguments):
         """Every optimizer step holds every language, its gradients kept apart (surgery or loss weights)."""
         return self.gradient_surgery is not None or bool(self.language_loss_weights)
 
+    @property
+    def own_steps(self) -> str | None:
+        """The setting whose optimizer step this trainer computes itself (None: the Trainer's plain step)."""
+        if self.meta_learning:
+            return "meta_learning=True"
+        if self.gradient_surgery is not None:
+            return f"gradient_surgery={self.gradient_surgery!r}"
+        return "language_loss_weights" if self.language_loss_weights else None
 
-def _global_norm(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors.values()]))
+
+def check_lookahead_arguments(kind: str, lookahead_lr: float | None, languages_per_step: int | None) -> None:
+    if kind not in LOOKAHEAD_KINDS:
+        raise ValueError(f"lookahead={kind!r} is not one of {LOOKAHEAD_KINDS}")
+    if lookahead_lr is not None and not lookahead_lr >= 0:
+        raise ValueError(f"lookahead_lr must be >= 0 or None (θ's learning rate), got {lookahead_lr}")
+    if languages_per_step is not None and languages_per_step < 2:
+        raise ValueError(
+            f"meta_languages_per_step must be >= 2 (language i plus at least one other) or None (every language), "
+            f"got {languages_per_step}"
+        )
 
 
-class MetaLogAccumulator:
-    """Averages of the meta step's diagnostics between two logging steps, and the running count of skipped φ
-    updates: `meta_loss` (the global M), `meta_higher_order_ratio` (‖β · higher-order‖ / ‖direct‖ of Eq. 4: how
-    much the second-order term moves φ_i) and `meta_skipped_updates` (non-finite hypergradients, φ left as is)."""
+@contextlib.contextmanager
+def full_precision_forward(model: torch.nn.Module, device_type: str):
+    """`lookahead.full_precision`, and the model's own forward: accelerate wraps `model.forward` in an autocast of its
+    own under mixed precision (keeping the original as `_original_forward`), which would turn autocast back on."""
+    wrapped = model.__dict__.get("forward")
+    original = getattr(model, "_original_forward", None)
+    if wrapped is not None and original is not None:
+        model.forward = original
+    try:
+        with full_precision(device_type):
+            yield
+    finally:
+        if wrapped is not None and original is not None:
+            model.forward = wrapped
 
-    def __init__(self):
-        self.meta_loss, self.ratio, self.count, self.skipped = 0.0, 0.0, 0, 0
 
-    def add(self, step: MetaStep, skipped: bool) -> None:
-        if skipped:
-            self.skipped += 1
-            return
-        self.meta_loss += float(step.meta_loss)
-        self.ratio += step.higher_order_ratio
-        self.count += 1
-
-    def pop(self) -> dict[str, float]:
-        logs = {"meta_skipped_updates": self.skipped}
-        if self.count:
-            logs["meta_loss"] = round(self.meta_loss / self.count, 4)
-            logs["meta_higher_order_ratio"] = self.ratio / self.count
-        self.meta_loss, self.ratio, self.count = 0.0, 0.0, 0
-        return logs
+def check_engine(own_steps: str | None, deepspeed=None, fsdp=None) -> None:
+    """Meta learning and language-balanced steps take gradients with `torch.autograd.grad` on whole parameters and
+    step φ with an optimizer of their own: an engine that shards parameters or owns the optimizer breaks that."""
+    if own_steps is None:
+        return
+    if deepspeed:
+        raise ValueError(
+            f"{own_steps} is not supported with DeepSpeed (deepspeed={deepspeed!r}): DeepSpeed builds one optimizer "
+            "over every trainable parameter (φ included) and never calls create_optimizer, so φ's own optimizer "
+            "would not exist, and ZeRO partitions the gradients the meta step / surgery reads whole; use DDP"
+        )
+    if fsdp:
+        raise ValueError(
+            f"{own_steps} is not supported with FSDP (fsdp={fsdp!r}): the meta step and gradient surgery would see "
+            "parameter shards and combine their gradients as if they were whole; use DDP"
+        )
 
 
 class MetaXLMTrainer(Trainer):
@@ -202,18 +285,41 @@ class MetaXLMTrainer(Trainer):
         self.language_sampling_probs = language_sampling_probs
         self.meta_optimizer: torch.optim.Optimizer | None = None
         self.meta_lr_scheduler = None
-        self._pending_step: list | None = None
-        self._meta_updated_at_step: int | None = None
-        self._meta_logs = MetaLogAccumulator()
         self.meta_validation = None
-        self.meta_groups: ParameterGroups | None = None
-        if self.meta_learning:
-            self._check_meta_setup()
-            # trainable θ and φ, computed once (frozen parameters, e.g. embeddings, take no part in the meta step)
-            self.meta_groups = trainable_parameter_groups(self.accelerator.unwrap_model(self.model))
-            self.meta_validation = self._build_meta_validation(meta_validation_datasets)
-        self.language_gradients: LanguageGradients | None = None  # built with the training sampler
-        self._surgery_cosines: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # trainable θ and φ, computed once (frozen parameters, e.g. embeddings, take no part in the meta step)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.meta_groups: ParameterGroups = trainable_parameter_groups(unwrapped)
+        check_engine(self.args.own_steps if isinstance(self.args, MetaXLMTrainingArguments) else None,
+                     deepspeed="accelerate's DeepSpeed plugin" if self.is_deepspeed_enabled else None,
+                     fsdp="accelerate's FSDP plugin" if self.is_fsdp_enabled else None)
+        # φ out of DDP's reducer, summed by the step objects; FSDP / DeepSpeed (plain steps only) reduce it themselves
+        self.sums_language_gradients = self.args.world_size > 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        if self.sums_language_gradients:
+            self._keep_language_parameters_out_of_ddp(unwrapped)
+        self.optimizer_step = self._make_optimizer_step(meta_validation_datasets)
+
+    def _make_optimizer_step(self, meta_validation_datasets) -> PlainStep | MetaStep | LanguageBalancedStep:
+        """The one object that runs every optimizer step of this run (`meta_xlm.steps`)."""
+        if self.language_balanced_steps:
+            return LanguageBalancedStep(self)
+        language_params = {code: list(params.values()) for code, params in self.meta_groups.languages.items() if params}
+        if not self.meta_learning:
+            summed = [p for params in language_params.values() for p in params] if self.sums_language_gradients else []
+            return PlainStep(self, summed)
+        self._check_meta_setup()
+        self.meta_validation = meta_validation_batches(self, meta_validation_datasets)
+        k = self.args.meta_languages_per_step
+        sampled = None if k is None else sampled_languages(k, self.args.seed)
+        return MetaStep(self, self.compute_meta_step, language_params, meta_objective=sampled)
+
+    def _keep_language_parameters_out_of_ddp(self, model) -> None:
+        """φ never goes through DDP's reducer: each step object sums φ's gradients across processes itself (the
+        meta step already does, the θ step freezes φ). DDP then never waits for an unused φ_j, so
+        `ddp_find_unused_parameters=False` (transformers' choice under activation checkpointing) works. Must run
+        before the model is wrapped (in `train`)."""
+        names = [name for params in self.meta_groups.languages.values() for name in params]
+        if names:
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
 
     @property
     def meta_learning(self) -> bool:
@@ -231,41 +337,6 @@ class MetaXLMTrainer(Trainer):
                 "meta_learning=True builds θ's optimizer (without φ) and φ's optimizer itself: pass `optim` / "
                 "`optim_args` in the training arguments or `optimizer_cls_and_kwargs=`, not `optimizers=(...)`"
             )
-
-    def _build_meta_validation(self, datasets: Mapping[str, object] | None) -> MetaValidationBatches:
-        languages_with_params = [code for code, params in self.meta_groups.languages.items() if params]
-        if not languages_with_params:
-            raise ValueError(
-                "meta_learning=True needs trainable language-specific parameters (config.language_modules="
-                "'adapters' with shared_adapters=False, or 'ffn'/'attention'); this model has none"
-            )
-        if datasets is None:
-            raise ValueError("meta_learning=True needs meta_validation_datasets={language: held-out dataset}")
-        missing = [code for code in languages_with_params if code not in datasets]
-        if missing:
-            raise ValueError(
-                f"meta_validation_datasets has no validation data for languages {missing} "
-                f"(given: {sorted(datasets)}); the meta objective needs every language"
-            )
-        prepared = {}
-        for code in languages_with_params:
-            dataset = datasets[code]
-            if hasattr(dataset, "column_names"):
-                dataset = self._remove_unused_columns(dataset, description=f"meta validation ({code})")
-            prepared[code] = dataset
-        return MetaValidationBatches(
-            prepared, self.data_collator, self._meta_validation_batch_size(len(prepared)), self.args.seed,
-            self.args.world_size, self.args.process_index,
-        )
-
-    def _meta_validation_batch_size(self, num_languages: int) -> int:
-        if self.args.meta_validation_batch_size is not None:
-            return self.args.meta_validation_batch_size
-        # One optimizer step's training examples (per device) shared out over the languages: the meta objective
-        # then costs one training step's forward/backward whatever the number of languages (one full batch per
-        # language would cost L of them: 1.9 plain steps instead of 1.0 at L = 2, benchmarks/meta_step.py).
-        step_examples = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        return max(1, math.ceil(step_examples / num_languages))
 
     def get_train_dataloader(self) -> DataLoader:
         if not self.meta_learning and self.language_sampling_probs is None and not self.language_balanced_steps:
@@ -286,7 +357,7 @@ class MetaXLMTrainer(Trainer):
             self.args.seed,
         )
         if self.language_balanced_steps:
-            self._prepare_language_gradients(sampler.codes)
+            self.optimizer_step.prepare(sampler.codes)
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -305,6 +376,8 @@ class MetaXLMTrainer(Trainer):
         language_ids = {id(p) for params in self.meta_groups.languages.values() for p in params.values()}
         for group in optimizer.param_groups:  # no step has run: the state is empty, so regrouping is safe
             group["params"] = [p for p in group["params"] if id(p) not in language_ids]
+        if self.args.lookahead == "optimizer":  # refuse an optimizer it cannot reproduce now, not at the first step
+            adamw_states(optimizer, self.meta_groups.shared)
         self.meta_optimizer = self.create_meta_optimizer()
         return optimizer
 
@@ -345,52 +418,26 @@ class MetaXLMTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ steps
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.meta_learning and batch_samples:
-            self._pending_step = batch_samples  # every micro-batch of the step, for the meta update
+        if batch_samples:
+            self.optimizer_step.begin(batch_samples)  # every micro-batch of the step (the meta step needs them all)
         return batch_samples, num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """+meta adpt (Algorithm 1): at the first micro-batch of an optimizer step, φ_i's meta update over the
-        whole step's batch (lines 3-6); then every micro-batch runs θ's ordinary step with the new φ_i (line 7,
-        Eq. 5), through DDP; the Trainer then steps θ's optimizer, which holds no φ."""
-        if self.language_balanced_steps:
-            return self._language_balanced_training_step(model, inputs, num_items_in_batch)
-        if not self.meta_learning:
-            return super().training_step(model, inputs, num_items_in_batch)
-        step_batches = self._take_step_batches()  # None after the step's first micro-batch
-        if step_batches is not None:
-            self.meta_update(model, step_batches)  # lines 3-6: lookahead, meta objective, hypergradient, φ_i step
-        loss = super().training_step(model, inputs, num_items_in_batch)  # line 7: ∇_θ L_train^i(θ, φ^{t+1})
-        for params in self.meta_groups.languages.values():
-            for param in params.values():
-                param.grad = None  # φ is φ's optimizer's business: keep it out of θ's clipping norm
-        return loss
-
-    def _take_step_batches(self) -> list | None:
-        """The micro-batches of the optimizer step about to run, once per step; raises when a step would run
-        without its meta update (it would silently train +adpt with frozen adapters)."""
-        batches, self._pending_step = self._pending_step, None
-        if batches is None and self._meta_updated_at_step != self.state.global_step:
-            raise RuntimeError(
-                f"meta_learning=True: optimizer step {self.state.global_step} started without a meta update (the "
-                "Trainer did not hand this step's batches to get_batch_samples); φ would not be trained"
-            )
-        if batches is not None:
-            self._meta_updated_at_step = self.state.global_step
-        return batches
+        """One micro-batch of the current optimizer step, run by the run's step object (`meta_xlm.steps`): plain,
+        meta (Algorithm 1) or language-balanced. The Trainer then clips and steps θ's optimizer."""
+        return self.optimizer_step.micro_batch(model, inputs, num_items_in_batch)
 
     def _batch_language(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
         languages = self.accelerator.unwrap_model(model=self.model).config.languages
-        ids = set()
         for batch in batches:
             if "lang_ids" not in batch:
                 raise ValueError(f"a training batch has no 'lang_ids' (keys: {sorted(batch)}); the meta step "
                                  "needs the language of every batch")
-            ids.update(int(i) for i in batch["lang_ids"].unique())
+        ids = torch.cat([batch["lang_ids"].reshape(-1) for batch in batches]).unique().tolist()  # one host read
         if len(ids) != 1:
             raise ValueError(f"the meta step needs single-language optimizer steps, got languages "
                              f"{sorted(languages[i] for i in ids)}: train with LanguageBatchSampler")
-        return languages[ids.pop()]
+        return languages[ids[0]]
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum") if self.args.world_size > 1 else tensor
@@ -398,166 +445,71 @@ class MetaXLMTrainer(Trainer):
     def _count_all(self, count: torch.Tensor) -> torch.Tensor:
         return self._all_reduce_sum(torch.as_tensor(count, device=self.args.device))
 
-    def meta_update(self, model, batches: list) -> MetaStep:
-        """Algorithm 1 lines 3-6 for the optimizer step whose micro-batches are `batches`: update φ_i only, or
-        skip (and count) the update when the hypergradient is not finite."""
-        batches = [self._prepare_inputs(batch) for batch in batches]
-        language = self._batch_language(batches)
-        val_batches = {
-            code: self._prepare_inputs(batch)
-            for code, batch in self.meta_validation.batches(self.state.global_step).items()
-        }
-        step = self.compute_meta_step(model, batches, val_batches, language)
-        finite = bool(torch.isfinite(_global_norm(step.hypergradient)))
-        if finite:
-            self._apply_meta_gradient(self.meta_groups.languages[language], step.hypergradient)
-        self._meta_logs.add(step, skipped=not finite)
-        return step
-
     def compute_meta_step(self, model, batches: list, val_batches: Mapping[str, Mapping[str, torch.Tensor]],
-                          language: str) -> MetaStep:
-        """The hypergradient of one optimizer step (`meta_step_gradients` on the unwrapped model). One loss
-        normalisation for every process layout and `average_tokens_across_devices` setting: every loss is
-        sum(CE) / its global label count and processes sum their shares, so the result equals one process over
-        the global batches."""
+                          language: str, **options) -> MetaGradients:
+        """The hypergradient of one optimizer step (`meta_step_gradients` on the unwrapped model, `options` passed
+        on). One loss normalisation for every process layout and `average_tokens_across_devices` setting: every
+        loss is sum(CE) / its global label count and processes sum their shares, so the result equals one process
+        over the global batches."""
         unwrapped = self.accelerator.unwrap_model(model)
         unwrapped.train()
+        options.setdefault("train_num_items", self._count_all(count_labels(batches)))
+        lookahead = self.make_lookahead()
         with self.compute_loss_context_manager(), self.accelerator.autocast():
             return meta_step_gradients(
                 unwrapped, batches, val_batches, language,
-                lookahead_lr=self._get_learning_rate(),  # β: the rate θ's own update will use (Eq. 3 and 5)
+                lookahead_lr=lookahead.rate,
+                lookahead=lookahead,
+                objective_precision=self._objective_precision(unwrapped),
                 method=self.args.hypergradient,
                 fd_epsilon=self.args.fd_epsilon,
-                train_num_items=self._count_all(count_labels(batches)),
                 val_num_items={code: self._count_all(count_labels([b])) for code, b in val_batches.items()},
                 all_reduce_sum=self._all_reduce_sum,
                 groups=self.meta_groups,
+                keep_theta_gradient=self.args.theta_gradient == "lookahead",
+                **options,
             )
 
-    def _apply_meta_gradient(self, params: Mapping[str, torch.nn.Parameter], grads: Mapping[str, torch.Tensor]):
-        """φ_i ← GradientUpdate(φ_i, ∇_{φ_i} M) with rate α (Algorithm 1 line 6): only φ_i has a gradient, so the
-        optimizer step leaves every other language's parameters and moments untouched. φ's scheduler steps with
-        φ's optimizer: a skipped update skips both."""
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            scale = torch.clamp(self.args.max_grad_norm / (_global_norm(grads) + 1e-6), max=1.0)
-            grads = {name: g * scale for name, g in grads.items()}
-        for name, param in params.items():
-            param.grad = grads[name].to(param.dtype)
-        self.meta_optimizer.step()
-        for param in params.values():
-            param.grad = None
-        self.meta_lr_scheduler.step()
+    def make_lookahead(self) -> SGDLookahead | PreconditionedLookahead:
+        """This step's θ' (Eq. 3, or θ's own AdamW step). Built during the step's first micro-batch: the scheduler has
+        set the step's lr and θ's optimizer has not stepped, so its state and lr are those the θ step will use."""
+        rate = self.args.lookahead_lr
+        if self.args.lookahead == "sgd":  # β = θ's current learning rate unless lookahead_lr sets it (Eq. 3 and 5)
+            return SGDLookahead(self._get_learning_rate() if rate is None else rate)
+        return PreconditionedLookahead(make_lookahead("optimizer", rate, self.optimizer, self.meta_groups.shared))
+
+    def _objective_precision(self, model):
+        """float32 for the meta objective under bf16 autocast: autocast casts θ' to bf16 per matmul, which rounds
+        the lookahead's shift (~β·g, 1e-8–1e-6 per weight) away, so M would be read at θ (`lookahead.full_precision`;
+        about one float32 forward/backward instead of a bf16 one, for the meta objective's batches only)."""
+        if self.args.meta_full_precision and self.accelerator.mixed_precision in ("bf16", "fp16"):
+            return functools.partial(full_precision_forward, model, self.args.device.type)
+        return contextlib.nullcontext
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.language_balanced_steps and "loss" in logs:
-            logs.update(self._surgery_cosine_logs())
-        if self.meta_learning and "loss" in logs:
-            logs.update(self._meta_logs.pop())
-            logs["meta_learning_rate"] = self.meta_lr_scheduler.get_last_lr()[0]
+        if "loss" in logs:  # a training log: the step object's diagnostics since the last one
+            logs.update(self.optimizer_step.logs())
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        self._save_surgery_state(output_dir)
-        if self.meta_learning and self.args.should_save:
-            state = {"optimizer": self.meta_optimizer.state_dict(), "scheduler": self.meta_lr_scheduler.state_dict()}
-            torch.save(state, os.path.join(output_dir, META_OPTIMIZER_NAME))
+        if self.args.should_save:
+            self.optimizer_step.save(output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        self._load_surgery_state(checkpoint)
-        if checkpoint is None or not self.meta_learning:
-            return
-        path = os.path.join(checkpoint, META_OPTIMIZER_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} is missing: cannot resume meta_learning=True without φ's optimizer state")
-        state = torch.load(path, map_location=self.args.device, weights_only=True)
-        self.meta_optimizer.load_state_dict(state["optimizer"])
-        self.meta_lr_scheduler.load_state_dict(state["scheduler"])
+        if checkpoint is not None:
+            self.optimizer_step.load(checkpoint)
 
-
-    # ------------------------------------------------------------------------------------------------ surgery
     @property
     def language_balanced_steps(self) -> bool:
         return isinstance(self.args, MetaXLMTrainingArguments) and self.args.language_balanced_steps
 
-    def _prepare_language_gradients(self, languages: Sequence[str]) -> None:
-        """Per-language gradient buffers for the languages the sampler draws (kept when called again)."""
-        if self.language_gradients is not None and self.language_gradients.languages == list(languages):
-            return
-        if self.args.gradient_surgery is not None and len(languages) < 2:
-            raise ValueError(f"gradient_surgery={self.args.gradient_surgery!r} needs at least two languages with "
-                             f"training examples and a sampling probability > 0, got {list(languages)}")
-        weights = parse_language_loss_weights(self.args.language_loss_weights)
-        if weights is not None and sorted(weights) != sorted(languages):
-            raise ValueError(f"language_loss_weights names {sorted(weights)}; the languages trained are "
-                             f"{list(languages)}: give one weight per language")
-        self.language_gradients = LanguageGradients(
-            self.accelerator.unwrap_model(self.model), languages, self.args.gradient_surgery,
-            self.args.surgery_granularity, self.args.gradvac_ema, weights,
-        )
-
-    def _language_balanced_training_step(self, model, inputs, num_items_in_batch) -> torch.Tensor:
-        """One micro-batch of a language-balanced step: each language's rows add to that language's gradient;
-        the last micro-batch combines them (`LanguageGradients.finish`) into `.grad` for θ's optimizer.
-
-        Language l's loss is Σ_{rows of l} CE / N (N: the step's label count, all micro-batches and processes),
-        so the languages' losses add up to the plain step's loss, which is returned (unweighted) for logging."""
-        if num_items_in_batch is None:
-            raise ValueError("language-balanced steps need the step's label count (num_items_in_batch): the model's "
-                             "forward must accept num_items_in_batch and the batches must have labels")
-        unwrapped = self.accelerator.unwrap_model(model)
-        unwrapped.train()
-        inputs = self._prepare_inputs(inputs)
-        losses = []
-        for language_index, batch in split_by_language(inputs, len(unwrapped.config.languages)):
-            with self.compute_loss_context_manager(), self.accelerator.autocast():
-                loss = unwrapped(**batch, num_items_in_batch=num_items_in_batch).loss
-            self.language_gradients.accumulate(language_index, loss)
-            losses.append(loss.detach())
-        total = torch.stack(losses).sum()
-        if self.accelerator.sync_gradients:  # the step's last micro-batch
-            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
-            reduce = self._all_reduce_in_place if self.args.world_size > 1 else None
-            self._surgery_cosines.append(self.language_gradients.finish(reduce, generator))
-        if self.args.average_tokens_across_devices:
-            total *= self.accelerator.num_processes  # what the Trainer's compute_loss reports, averaged in logs
-        return total
-
-    def _all_reduce_in_place(self, tensor: torch.Tensor) -> None:
-        """Sum (average_tokens_across_devices: losses already normalised by the global label count) or average
-        (as DDP does) across processes, in place: the per-language buffers are not copied."""
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-        if not self.args.average_tokens_across_devices:
-            tensor /= self.args.world_size
-
-    def _surgery_cosine_logs(self) -> dict[str, float]:
-        """Mean cosine, per language pair, of the θ gradients before and after surgery since the last log."""
-        if not self._surgery_cosines:
-            return {}
-        before, after = (torch.stack(c).nanmean(0) for c in zip(*self._surgery_cosines))
-        self._surgery_cosines = []
-        languages = self.language_gradients.languages
-        logs = {}
-        for i, j in itertools.combinations(range(len(languages)), 2):
-            pair = f"{languages[i]}-{languages[j]}"
-            logs[f"surgery_cosine_before/{pair}"] = round(float(before[i, j]), 4)
-            logs[f"surgery_cosine_after/{pair}"] = round(float(after[i, j]), 4)
-        return logs
-
-    def _save_surgery_state(self, output_dir: str) -> None:
-        if self.language_gradients is not None and self.args.should_save:
-            torch.save(self.language_gradients.state_dict(), os.path.join(output_dir, SURGERY_STATE_NAME))
-
-    def _load_surgery_state(self, checkpoint: str | None) -> None:
-        if checkpoint is None or self.language_gradients is None:
-            return
-        path = os.path.join(checkpoint, SURGERY_STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path} is missing: cannot resume language-balanced steps (gradient_surgery / "
-                             "language_loss_weights) without their state (GradVac's EMA targets)")
-        self.language_gradients.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    @property
+    def language_gradients(self) -> LanguageGradients | None:
+        """The per-language gradient buffers of language-balanced steps (None before training / otherwise)."""
+        return self.optimizer_step.language_gradients if isinstance(self.optimizer_step, LanguageBalancedStep) else None
 
 
 __all__ = [

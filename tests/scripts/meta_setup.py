@@ -64,3 +64,7 @@ def make_trainer(output_dir, model=None, train=None, validation=None, probs=None
             code: blocks({code: 10}, seed=10 + k) for k, code in enumerate(LANGUAGES)
         },
     )
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
