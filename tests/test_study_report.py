@@ -422,7 +422,7 @@ def test_the_report_sets_an_earlier_studys_numbers_and_verdicts_beside_its_own(t
     study = two_seed_study(tmp_path, {"compare_with": earlier.results_dir})
     write_cells(study, {"random_init": [60.0, 61.0, 62.0], "joint_pair": [70.0, 71.0, 72.0]})
     report = build_study_report(study).read_text()
-    assert "1 of 1 verdicts changed." in report
+    assert "1 of the 1 verdicts both studies give changed." in report
     assert ("| pretraining helps at all | joint_pair sw vs random_init sw | pos within f1 | not reproduced (no "
             "difference beyond 2 spreads) | reproduced | yes |") in report
     assert "| pos within sw f1 | joint_pair | 61.5 ± 1.0 (n=3) | 71.0 ± 1.0 (n=3) | +9.5 |" in report
@@ -453,3 +453,13 @@ def test_a_kept_model_is_the_run_in_half_precision_and_loads_in_float32(tmp_path
         if key in encoder:  # the encoder: the run's float32 weights rounded to float16, loaded back as float32
             assert value.dtype == torch.float32 and torch.equal(value, encoder[key].half().float()), key
     assert sum(key in encoder for key in kept.state_dict()) == len(encoder)
+
+
+def test_a_verdict_whose_cells_are_missing_has_not_changed():
+    from meta_xlm.study_report import changed_verdicts
+
+    key = {"claim": "c", "comparison": "a vs b", "measure": "pos within f1"}
+    before = [{**key, "verdict": "reproduced"}]
+    assert changed_verdicts([{**key, "verdict": "not yet run"}], before)[0]["changed"] == ""
+    assert changed_verdicts([{**key, "verdict": "inconclusive"}], before)[0]["changed"] == "yes"
+    assert changed_verdicts([{**key, "verdict": "inconclusive"}], [])[0] == {**key, "before": "–", "now": "inconclusive", "changed": ""}

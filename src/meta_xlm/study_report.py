@@ -544,15 +544,20 @@ def compared_numbers(study: StudySpec, rows: Sequence[Mapping], before: Sequence
     return table
 
 
+NOT_RUN = "not yet run"
+
+
 def changed_verdicts(verdicts: Sequence[Mapping], before: Sequence[Mapping]) -> list[dict]:
-    """Each verdict of this study beside the earlier study's verdict on the same claim, comparison and measure."""
+    """Each verdict of this study beside the earlier study's verdict on the same claim, comparison and measure;
+    `changed` only where both studies have run it (a claim whose cells are still missing has not changed)."""
     earlier = {(v["claim"], v["comparison"], v["measure"]): v["verdict"] for v in before}
-    return [
-        {"claim": v["claim"], "comparison": v["comparison"], "measure": v["measure"],
-         "before": earlier.get((v["claim"], v["comparison"], v["measure"]), "–"), "now": v["verdict"],
-         "changed": "yes" if earlier.get((v["claim"], v["comparison"], v["measure"]), v["verdict"]) != v["verdict"] else ""}
-        for v in verdicts
-    ]  # fmt: skip
+    table = []
+    for v in verdicts:
+        old = earlier.get((v["claim"], v["comparison"], v["measure"]), "–")
+        comparable = old not in ("–", NOT_RUN) and v["verdict"] != NOT_RUN
+        table.append({"claim": v["claim"], "comparison": v["comparison"], "measure": v["measure"], "before": old,
+                      "now": v["verdict"], "changed": "yes" if comparable and old != v["verdict"] else ""})  # fmt: skip
+    return table
 
 
 def comparison_sections(study: StudySpec, rows: Sequence[Mapping], verdicts: Sequence[Mapping]) -> list[str]:
@@ -565,8 +570,9 @@ def comparison_sections(study: StudySpec, rows: Sequence[Mapping], verdicts: Seq
         verdicts_before = list(csv.DictReader(handle))
     changes = changed_verdicts(verdicts, verdicts_before)
     changed = sum(1 for change in changes if change["changed"])
+    both = sum(1 for change in changes if change["before"] not in ("–", NOT_RUN) and change["now"] != NOT_RUN)
     return [
-        f"## Verdicts before ({earlier}) and now\n\n{changed} of {len(changes)} verdicts changed.\n\n"
+        f"## Verdicts before ({earlier}) and now\n\n{changed} of the {both} verdicts both studies give changed.\n\n"
         + dict_table(changes),
         f"## Numbers before ({earlier}) and now (mean ± sd over pretraining seeds)\n\n"
         + dict_table(compared_numbers(study, rows, read_results_csv(earlier / "results.csv"))),
