@@ -14,18 +14,29 @@ tokens/s over all timed steps is reported, with ratios against the baselines mea
 
 Peak memory is the growth of the process's peak resident set size over its size just before the first step
 (model, optimizer state and activations of a step), in MiB.
+
+Allocator. On CPU, glibc's malloc serves large tensors from fresh `mmap`s and hands freed heap back to the kernel,
+so a step spends much of its time in page faults on first touch (measured: elementwise ops 3-10x slower than
+their arithmetic, `aten::fill_` of X-MOD's dense logits 12 % of its step). How much depends on each model's
+allocation pattern, not on its arithmetic. Every figure is therefore printed twice, for every model alike:
+under glibc's defaults, and with `MALLOC_MMAP_THRESHOLD_=32 MiB` and `MALLOC_TRIM_THRESHOLD_=2 GiB` (freed memory
+is reused rather than returned; what jemalloc/tcmalloc or PyTorch's own CPU setup guides achieve). The pretraining
+recipe sets the same two values at start-up on CPU (`meta_xlm.cpu_allocator`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 
 from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
+
+from meta_xlm.cpu_allocator import REUSE_FREED_MEMORY
 
 CANDIDATES = {
     # name: (model family, language_modules, sparse prediction, torch.compile)
@@ -115,9 +126,13 @@ def measure(name: str, precision: str, args) -> dict:
     return {"tokens_per_s": [tokens / t for t in times], "peak_mib": peak_rss_mib() - rss_before}
 
 
-def run_subprocess(name: str, precision: str, args) -> dict:
+ALLOCATORS = {"glibc default": {}, "reuse freed memory": REUSE_FREED_MEMORY}
+
+
+def run_subprocess(name: str, precision: str, allocator: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--precision", precision, *args.passthrough]
-    result = subprocess.run(command, capture_output=True, text=True)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    result = subprocess.run(command, capture_output=True, text=True, env={**environment, **ALLOCATORS[allocator]})
     if result.returncode != 0:
         error = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
         return {"error": error}
@@ -135,33 +150,33 @@ def parse_args(argv=None):
     return args
 
 
-def main():
-    args = parse_args()
-    if args.worker:
-        print(json.dumps(measure(args.worker, args.precision, args)))
-        return
+def collect(args) -> dict:
+    """Every (allocator, model, precision) run, interleaved over the rounds."""
     precisions = ("fp32",) if args.fp32_only else ("fp32", "bf16")
-    runs = [(name, precision) for precision in precisions for name in CANDIDATES]
+    runs = [(allocator, name, precision) for allocator in ALLOCATORS for precision in precisions for name in CANDIDATES]
     collected = {run: {"tokens_per_s": [], "peak_mib": [], "error": None} for run in runs}
     for round_index in range(args.rounds):
         for run in runs:
-            print(f"round {round_index + 1}/{args.rounds}: {run[0]} {run[1]}", file=sys.stderr, flush=True)
-            result = run_subprocess(*run, args)
+            print(f"round {round_index + 1}/{args.rounds}: {' '.join(run)}", file=sys.stderr, flush=True)
+            result = run_subprocess(run[1], run[2], run[0], args)
             if "error" in result:
                 collected[run]["error"] = result["error"]
                 continue
             collected[run]["tokens_per_s"] += result["tokens_per_s"]
             collected[run]["peak_mib"].append(result["peak_mib"])
+    return collected
 
+
+def report(collected: dict, allocator: str) -> None:
     def median_tps(name, precision):
-        values = collected.get((name, precision), {"tokens_per_s": []})["tokens_per_s"]  # bf16 absent: nan
+        values = collected.get((allocator, name, precision), {"tokens_per_s": []})["tokens_per_s"]  # bf16 absent
         return statistics.median(values) if values else float("nan")
 
-    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
-          f"FFN {args.ffn}, vocab {args.vocab}, {args.threads} threads, median of {args.steps * args.rounds} steps")
+    print(f"\nallocator: {allocator} {ALLOCATORS[allocator] or ''}")
     print(f"{'model':<20} {'precision':<9} {'tokens/s':>10} {'peak MiB':>9}  note")
-    for name, precision in runs:
-        entry = collected[(name, precision)]
+    for (run_allocator, name, precision), entry in collected.items():
+        if run_allocator != allocator:
+            continue
         peak = max(entry["peak_mib"]) if entry["peak_mib"] else float("nan")
         note = f"FAILED: {entry['error']}" if entry["error"] else ""
         print(f"{name:<20} {precision:<9} {median_tps(name, precision):>10.0f} {peak:>9.0f}  {note}")
@@ -176,9 +191,20 @@ def main():
         "none fp32 / XLM-R fp32 (target >= 0.95)": median_tps("meta_xlm_none", "fp32") / median_tps("xlm_roberta", "fp32"),
         "none bf16 / XLM-R bf16": median_tps("meta_xlm_none", "bf16") / median_tps("xlm_roberta", "bf16"),
     }
-    print()
     for label, value in ratios.items():
-        print(f"{label:<48} {value:6.2f}")
+        print(f"  {label:<48} {value:6.2f}")
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.precision, args)))
+        return
+    collected = collect(args)
+    print(f"\nbatch {args.batch} x {args.length}, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "
+          f"FFN {args.ffn}, vocab {args.vocab}, {args.threads} threads, median of {args.steps * args.rounds} steps")
+    for allocator in ALLOCATORS:
+        report(collected, allocator)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoTokenizer, TrainingArguments, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes for model_type "meta_xlm")
 from meta_xlm.cli import parse_config_and_args
+from meta_xlm.cpu_allocator import reuse_freed_memory_when_on
 from meta_xlm.tasks.finetuning import FinetuneArguments, check_arguments, run_finetuning
 from meta_xlm.tasks.records import write_metrics
 
@@ -40,6 +41,7 @@ def main(argv: list[str]) -> None:
     args.data_dir = args.data_dir or DEFAULT_DATA_DIR
     check_arguments(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    reuse_freed_memory_when_on(training_args.device)
     set_seed(training_args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model_config = AutoConfig.from_pretrained(args.model_name_or_path)

@@ -36,6 +36,7 @@ from meta_xlm.callbacks import (
 )
 from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.cpu_allocator import reuse_freed_memory_when_on
 from meta_xlm.data import (
     MLMCollator,
     build_blocks,
@@ -238,6 +239,7 @@ def main(argv: list[str]) -> None:
         tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
     check_field_combinations(data_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    reuse_freed_memory_when_on(training_args.device)
     resume = resolve_resume(training_args)
     publish = take_over_hub_publishing(training_args)
     seed = training_args.seed + data_args.data_seed_offset

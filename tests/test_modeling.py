@@ -144,6 +144,39 @@ def test_sparse_prediction_projects_only_labelled_positions_with_the_dense_loss(
     torch.testing.assert_close(sparse(**batch).logits, dense(**batch).logits)
 
 
+@pytest.mark.parametrize("language_modules", ["adapters", ["ffn", "adapters", "layernorm"]], ids=str)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sparse_prediction_runs_the_last_layer_on_predicted_tokens_with_the_dense_gradients(
+    language_modules, checkpointing
+):
+    # Past attention each token is computed on its own, so the last layer runs on predicted tokens only: a
+    # mixed-language batch (tokens routed by their own row's language) must give the dense model's loss and
+    # gradients, with and without activation checkpointing.
+    torch.manual_seed(0)
+    dense = MetaXLMForMaskedLM(tiny_config(language_modules=language_modules)).double().train()
+    sparse = MetaXLMForMaskedLM(tiny_config(language_modules=language_modules, sparse_prediction=True)).double()
+    sparse.load_state_dict(dense.state_dict())
+    sparse.train()
+    if checkpointing:
+        sparse.activation_checkpointing_enable()
+    batch = make_batch(seed=3)
+    assert batch["lang_ids"].unique().numel() > 1
+    labels = labels_for(MetaXLMForMaskedLM, batch)["labels"]
+    losses = [model(**batch, labels=labels).loss for model in (dense, sparse)]
+    torch.testing.assert_close(losses[1], losses[0])
+    gradients = [dict(zip(dict(m.named_parameters()), torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)))
+                 for m, loss in zip((dense, sparse), losses)]  # fmt: skip
+    for name, gradient in gradients[0].items():
+        if gradient is None:
+            assert gradients[1][name] is None, name
+        else:
+            torch.testing.assert_close(gradients[1][name], gradient, msg=name)
+    # Hidden states asked for: the whole last layer runs (its output is returned), the loss is the same.
+    with_hidden = sparse(**batch, labels=labels, output_hidden_states=True)
+    assert with_hidden.hidden_states[-1].shape[:2] == labels.shape
+    torch.testing.assert_close(with_hidden.loss, losses[0])
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("head", HEADS, ids=lambda h: h.__name__)
 def test_mixed_language_batch_equals_per_language_runs(head, variant):

@@ -72,6 +72,8 @@ class LanguageRouting:
 def route_by_values(lang_ids: torch.Tensor, languages: list[str]) -> LanguageRouting:
     """Group a batch by reading `lang_ids` (one sort, never a loop over rows). Eager only: the reads are
     data-dependent, so `torch.export` cannot trace them and `torch.compile` breaks the graph here."""
+    if lang_ids.numel() == 0:  # nothing to route (e.g. no predicted token in a batch)
+        return LanguageRouting(languages=(languages[0],))
     first = int(lang_ids[0])
     if bool((lang_ids == first).all()):
         return LanguageRouting(languages=(languages[first],))
@@ -119,6 +121,22 @@ class LanguageModuleDict(nn.ModuleDict):
 def in_caller_order(parts: list[torch.Tensor | None], routing: LanguageRouting) -> torch.Tensor | None:
     """Concatenate per-language outputs (sorted order) and put the rows back in the caller's order."""
     return None if parts[0] is None else torch.cat(parts, dim=0)[routing.restore]
+
+
+@dataclass(frozen=True)
+class OutputPositions:
+    """The positions of the last layer's output that the caller needs: `mask` (B, T) boolean, and the routing of
+    those tokens flattened to (N,) in row-major order (one language, or each token's own)."""
+
+    mask: torch.Tensor
+    routing: LanguageRouting
+
+
+def output_positions(mask: torch.Tensor, lang_ids: torch.Tensor, routing: LanguageRouting, languages) -> OutputPositions:
+    if routing.single_language is not None:
+        return OutputPositions(mask, routing)
+    token_lang_ids = lang_ids[:, None].expand_as(mask)[mask]  # (N,)
+    return OutputPositions(mask, route_by_values(token_lang_ids, list(languages)))
 
 
 def per_language(config: MetaXLMConfig, make_module) -> LanguageModuleDict:
@@ -327,11 +345,17 @@ class MetaXLMAttention(nn.Module):
         self.self = maybe_per_language(config, "attention", lambda: MetaXLMSelfAttention(config))
         self.output = MetaXLMSelfOutput(config)
 
-    def forward(self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False):
-        """(output (B, T, H), attention probabilities or None)."""
+    def forward(
+        self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False,
+        kept: OutputPositions | None = None,
+    ):  # fmt: skip
+        """(output (B, T, H), attention probabilities or None). With `kept`, every position is attended to but
+        the output is computed at the kept positions only: (N, H), routed by `kept.routing`."""
         context, probs = run_module(
             self.self, routing, hidden, attention_mask, output_attentions=output_attentions
         )
+        if kept is not None:
+            return self.output(context[kept.mask], hidden[kept.mask], kept.routing), probs
         return self.output(context, hidden, routing), probs
 
 
@@ -399,9 +423,14 @@ class MetaXLMLayer(GradientCheckpointingLayer):
         self.intermediate = MetaXLMIntermediate(config)
         self.output = MetaXLMOutput(config)
 
-    def forward(self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False):
-        """(output (B, T, H), attention probabilities (B, heads, T, T) or None)."""
-        attended, probs = self.attention(hidden, attention_mask, routing, output_attentions)
+    def forward(
+        self, hidden, attention_mask, routing: LanguageRouting, output_attentions: bool = False,
+        kept: OutputPositions | None = None,
+    ):  # fmt: skip
+        """(output (B, T, H), or (N, H) at `kept` positions; attention probabilities (B, heads, T, T) or None).
+        Past attention every token is computed on its own, so the rest of the layer runs on kept tokens only."""
+        attended, probs = self.attention(hidden, attention_mask, routing, output_attentions, kept)
+        routing = routing if kept is None else kept.routing
         return self.output(self.intermediate(attended, routing), attended, routing), probs
 
 
@@ -410,12 +439,17 @@ class MetaXLMEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([MetaXLMLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden, attention_mask, routing, output_hidden_states: bool, output_attentions: bool):
-        """(last hidden state, every layer's input and the output or None, every layer's probabilities or None)."""
+    def forward(
+        self, hidden, attention_mask, routing, output_hidden_states: bool, output_attentions: bool,
+        kept: OutputPositions | None = None,
+    ):  # fmt: skip
+        """(last hidden state, every layer's input and the output or None, every layer's probabilities or None).
+        With `kept`, the last layer computes only those positions of its output (N, H)."""
         all_hidden = [hidden] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
-        for layer in self.layer:
-            hidden, probs = layer(hidden, attention_mask, routing, output_attentions)
+        for index, layer in enumerate(self.layer):
+            last = index == len(self.layer) - 1
+            hidden, probs = layer(hidden, attention_mask, routing, output_attentions, kept if last else None)
             if output_hidden_states:
                 all_hidden.append(hidden)
             if output_attentions:
@@ -624,6 +658,7 @@ class MetaXLMModel(MetaXLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        output_positions_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         """`input_ids` (B, T) or `inputs_embeds` (B, T, H). `lang_ids` (B,) index `config.languages`; without
@@ -631,16 +666,24 @@ class MetaXLMModel(MetaXLMPreTrainedModel):
         language: routing then needs no look at `lang_ids` (what `torch.compile` / `torch.export` need; checked
         eagerly). `hidden_states`: the embeddings and every layer's output, (B, T, H) each; `attentions`: every
         layer's attention probabilities (B, heads, T, T), computed eagerly (SDPA gives none); both in the
-        caller's row order and on the path to the output. Defaults come from the config as in transformers."""
+        caller's row order and on the path to the output. Defaults come from the config as in transformers.
+        `output_positions_mask` (B, T) boolean: the caller needs only these positions of the output (masked-LM
+        sparse prediction); every position is still attended to, the last layer's attention output and FFN run on
+        those tokens alone, and `last_hidden_state` is (N, H) in row-major order (no pooler output)."""
         output_hidden_states = pick(output_hidden_states, self.config.output_hidden_states)
         output_attentions = pick(output_attentions, self.config.output_attentions)
         reference = require_one_input(input_ids, inputs_embeds)
         lang_ids, routing = self.resolve_languages(lang_ids, single_language, reference.shape[0], reference.device)
+        kept = None
+        if output_positions_mask is not None:
+            if output_hidden_states:
+                raise ValueError("output_positions_mask computes part of the last layer: no output_hidden_states")
+            kept = output_positions(output_positions_mask, lang_ids, routing, self.config.languages)
         hidden = self.embeddings(input_ids, lang_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
         hidden, all_hidden, all_attentions = self.encoder(
-            hidden, attention_bias(attention_mask), routing, output_hidden_states, output_attentions
+            hidden, attention_bias(attention_mask), routing, output_hidden_states, output_attentions, kept
         )
-        pooled = self.pooler(hidden) if self.pooler is not None else None
+        pooled = self.pooler(hidden) if self.pooler is not None and kept is None else None
         outputs = BaseModelOutputWithPooling(
             last_hidden_state=hidden,
             pooler_output=pooled,
@@ -739,21 +782,28 @@ class MetaXLMForMaskedLM(MetaXLMPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
-        """`logits` is (B, T, V). With `config.sparse_prediction` and `labels`, the vocabulary projection runs only
-        on positions whose label is not `config.sparse_pred_ignore_index` (as XLM and ModernBERT do: about a
-        quarter of the model's FLOPs at vocab 8k / hidden 256) and `logits` is (N_predicted, V), its rows those
-        positions in row-major order; the loss is the same either way."""
+        """`logits` is (B, T, V). With `config.sparse_prediction` and `labels`, only positions whose label is not
+        `config.sparse_pred_ignore_index` are predicted (as XLM and ModernBERT do) and `logits` is
+        (N_predicted, V), its rows those positions in row-major order; the loss is the same either way. The
+        vocabulary projection then runs on those positions (about a quarter of the model's FLOPs at vocab 8k /
+        hidden 256), and so does the last layer past its attention (as MLPerf's BERT does; another ~15 % at 4
+        layers), unless hidden states are requested."""
+        predicted = None
+        if labels is not None and self.config.sparse_prediction:
+            predicted = labels.ne(self.config.sparse_pred_ignore_index)  # (B, T)
+            labels = labels[predicted]  # (N_predicted,)
+        whole_last_layer = pick(output_hidden_states, self.config.output_hidden_states)
         outputs = self.roberta(
             input_ids, attention_mask, lang_ids, token_type_ids, position_ids, inputs_embeds, single_language,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions, return_dict=True,
+            output_positions_mask=None if whole_last_layer else predicted,
         )  # fmt: skip
-        hidden = outputs.last_hidden_state  # (B, T, H)
+        hidden = outputs.last_hidden_state  # (B, T, H), or (N_predicted, H)
         extras = dict(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if labels is None:
             return self.as_requested(MaskedLMOutput(logits=self.lm_head(hidden), **extras), return_dict)
-        if self.config.sparse_prediction:
-            predicted = labels.ne(self.config.sparse_pred_ignore_index)  # (B, T)
-            hidden, labels = hidden[predicted], labels[predicted]  # (N_predicted, H), (N_predicted,)
+        if predicted is not None and whole_last_layer:
+            hidden = hidden[predicted]  # (N_predicted, H)
         logits = self.lm_head(hidden)  # (B, T, V), or (N_predicted, V)
         loss = cross_entropy_loss(
             logits.view(-1, logits.shape[-1]), labels.reshape(-1), kwargs.get("num_items_in_batch")

@@ -265,6 +265,15 @@ def check_engine(own_steps: str | None, deepspeed=None, fsdp=None) -> None:
         )
 
 
+def allow_a_compiled_graph_per_language(num_languages: int) -> None:
+    """Under `torch_compile=True` a one-language step is routed by `single_language`, a Python string, so dynamo
+    compiles one graph per language (guarded on the code), in training and in evaluation mode. Past
+    `recompile_limit` (8 by default) it would run the remaining languages eagerly without a word."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * num_languages + 2)
+
+
 class MetaXLMTrainer(Trainer):
     """Trainer for every MetaXLM pretraining variant; `meta_learning=True` adds Algorithm 1's meta step.
 
@@ -297,6 +306,8 @@ class MetaXLMTrainer(Trainer):
         if self.sums_language_gradients:
             self._keep_language_parameters_out_of_ddp(unwrapped)
         self.optimizer_step = self._make_optimizer_step(meta_validation_datasets)
+        if self.args.torch_compile:
+            allow_a_compiled_graph_per_language(len(unwrapped.config.languages))
 
     def _make_optimizer_step(self, meta_validation_datasets) -> PlainStep | MetaStep | LanguageBalancedStep:
         """The one object that runs every optimizer step of this run (`meta_xlm.steps`)."""
