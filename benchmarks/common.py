@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -42,11 +43,15 @@ def current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def run_worker(script: str, mode: str, args: argparse.Namespace) -> dict:
-    """Run `script --worker MODE` with the size flags in a fresh process (its own peak memory) and return the JSON
-    dict it prints last."""
-    command = [sys.executable, script, "--worker", mode, *args.passthrough]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)  # stderr is reported below
+def run_worker(script: str, mode: str, args: argparse.Namespace, environment: dict | None = None,
+               extra: list[str] = ()) -> dict:
+    """Run `script --worker MODE` with the size flags (then `extra`, which win) in a fresh process (its own peak
+    memory; `environment` added to the inherited one, minus any MALLOC_* setting) and return the JSON dict it
+    prints last."""
+    command = [sys.executable, script, "--worker", mode, *args.passthrough, *extra]
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    result = subprocess.run(command, capture_output=True, text=True, check=False,  # stderr is reported below
+                            env={**inherited, **(environment or {})})
     if result.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

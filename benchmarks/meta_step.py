@@ -7,6 +7,8 @@
     .venv/bin/python benchmarks/meta_step.py --accuracy              # every method's higher-order term vs exact
 
 Modes (each in its own subprocess, interleaved over `--rounds`; medians of the timed steps after `--warmup`):
+The model is trained as the pretraining recipe trains it, with sparse prediction (the vocabulary projection and
+the last layer past attention run on the predicted positions only); every mode computes the same loss.
 - plain: what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one batch.
 - ours, one per `hypergradient` method: `meta_step_gradients` (lookahead gradient, meta objective over one
   validation batch per language — the training batch shared out over the languages, the trainer's default —,
@@ -28,22 +30,30 @@ Cosines against ours with the exact double backward in float32, on the same mode
 mode: every implementation sees the same function), at the initial weights (measured after the timed steps): "cos exact" of ∇_{φ_i} M,
 "cos HO" of its higher-order term (∂M/∂φ_i − ∇_{φ_i} M) / β, which at β = 1e-4 is ~1e-3 of the whole.
 
-Peak memory: growth of the subprocess's peak resident set size over its size just before the first step, MiB, with
-glibc's `MALLOC_MMAP_THRESHOLD_` fixed at 64 KiB (and `MALLOC_TRIM_THRESHOLD_` 0): every allocation above 64 KiB is
-its own mmap, returned to the system when freed, so the resident size follows live tensors rather than the
-fragmentation of glibc's heap (the dynamic threshold otherwise decides it).
+Time and memory come from separate subprocesses of each mode, each under the allocator that makes its figure
+mean what it says:
+- time: glibc keeping freed memory for reuse (`meta_xlm.cpu_allocator`, what the recipes set on CPU). Under a
+  setting that hands freed memory back, every step faults its activations in again, and that cost (not the
+  arithmetic) grows with the number of large temporaries a method allocates.
+- peak memory: growth of the subprocess's peak resident set size over its size just before the first step, MiB,
+  with glibc's `MALLOC_MMAP_THRESHOLD_` fixed at 64 KiB (and `MALLOC_TRIM_THRESHOLD_` 0): every allocation above
+  64 KiB is its own mmap, returned to the system when freed, so the resident size follows live tensors rather than
+  the fragmentation of glibc's heap. Two steps (one warm-up) suffice: the peak is reached in every step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
 from common import add_size_arguments, current_rss_mib, peak_rss_mib, run_worker, size_passthrough
+
+from meta_xlm.cpu_allocator import REUSE_FREED_MEMORY
+
+LIVE_TENSORS = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}  # see the docstring
 
 OURS = ("first_order", "forward_over_reverse", "central_difference", "forward_difference", "double_backward",
         "double_backward+lookahead")
@@ -158,6 +168,7 @@ def build(args):
     config = MetaXLMConfig(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=ffn, max_position_embeddings=args.length + 2, languages=LANGUAGES, language_modules="adapters",
+        sparse_prediction=True,  # as the pretraining recipe trains: only predicted positions reach the vocabulary
     )
     model = MetaXLMForMaskedLM(config).train()
     generator = torch.Generator().manual_seed(0)
@@ -213,6 +224,8 @@ def measure(mode: str, args) -> dict:
         if step >= args.warmup:
             totals.append(time.perf_counter() - start)
     peak = peak_rss_mib() - rss_before
+    if args.memory_only:
+        return {"peak_mib": peak}
     # accuracy at the initial weights, the same for every mode (a few AdamW steps shrink the higher-order term at
     # the paper's size until fp32 rounding of the direct term, which the peers compute on their own, dominates it)
     fresh, fresh_groups, _, _ = build(args)
@@ -311,6 +324,7 @@ def parse_args(argv=None):
     parser.add_argument("--accuracy", action="store_true", help="print the higher-order term's accuracy table")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.modes = ["plain"] + [m for m in args.modes.split(",") if m != "plain"]
     unknown = sorted(set(args.modes) - set(MODES))
@@ -333,22 +347,24 @@ def main():
         for method, precision, cosine, norm_ratio in accuracy_rows(args):
             print(f"{method:<22} {precision:<5} cosine {cosine:8.4f}  norm ratio {norm_ratio:8.4f}", flush=True)
         return
-    os.environ.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")  # see the docstring
     skipped = {mode: reason for mode in args.modes if mode in PEERS and (reason := peer_status(mode))}
     collected = {mode: {"seconds": [], "hyper_seconds": [], "peak_mib": [], "cosine": None} for mode in args.modes}
     for round_index in range(args.rounds):
         for mode in (m for m in args.modes if m not in skipped):
             print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
             try:
-                result = run_worker(__file__, mode, args)
+                timed = run_worker(__file__, mode, args, environment=REUSE_FREED_MEMORY)
+                sized = run_worker(__file__, mode, args, environment=LIVE_TENSORS,
+                                   extra=["--memory-only", "--warmup=1", "--steps=1"])
             except RuntimeError as error:  # a peer that fails on this model is reported with its reason
                 if mode not in PEERS:
                     raise
                 skipped[mode] = str(error).strip().splitlines()[-1]
                 continue
-            for key in ("seconds", "hyper_seconds", "peak_mib"):
-                collected[mode][key] += result[key] if key != "peak_mib" else [result[key]]
-            collected[mode]["cosine"] = result["cosine"]
+            collected[mode]["seconds"] += timed["seconds"]
+            collected[mode]["hyper_seconds"] += timed["hyper_seconds"]
+            collected[mode]["peak_mib"].append(sized["peak_mib"])
+            collected[mode]["cosine"] = timed["cosine"]
     report(args, collected, skipped)
 
 
@@ -360,8 +376,8 @@ def report(args, collected, skipped) -> None:
     layers, hidden, heads, ffn, vocab = SIZES[args.size]
     print(f"\n{args.size} size: {layers} layers, hidden {hidden}, {heads} heads, FFN {ffn}, vocab {vocab}; batch "
           f"{args.batch} x {args.length}, validation batch {validation_batch(args)} per language, {len(LANGUAGES)} "
-          f"languages, fp32, {args.threads} threads, median of {args.steps * args.rounds} steps; peak memory with "
-          "MALLOC_MMAP_THRESHOLD_=65536")
+          f"languages, fp32, {args.threads} threads, median of {args.steps * args.rounds} steps with freed memory "
+          "reused; peak memory with MALLOC_MMAP_THRESHOLD_=65536")
     print(f"{'mode':<26} {'step s':>7} {'x plain':>7} {'hypergrad s':>11} {'peak MiB':>9} {'x plain':>7} "
           f"{'cos exact':>9} {'cos HO':>7}")
     for mode in ran:
