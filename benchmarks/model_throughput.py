@@ -145,6 +145,8 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=list(CANDIDATES), help=argparse.SUPPRESS)
     parser.add_argument("--precision", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--fp32-only", action="store_true", help="skip the bf16 runs")
+    parser.add_argument("--models", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES),
+                        help="only these models (ratios needing a model left out print nan)")
     args = parser.parse_args(argv)
     args.passthrough = size_passthrough(args)
     return args
@@ -153,7 +155,7 @@ def parse_args(argv=None):
 def collect(args) -> dict:
     """Every (allocator, model, precision) run, interleaved over the rounds."""
     precisions = ("fp32",) if args.fp32_only else ("fp32", "bf16")
-    runs = [(allocator, name, precision) for allocator in ALLOCATORS for precision in precisions for name in CANDIDATES]
+    runs = [(allocator, name, precision) for allocator in ALLOCATORS for precision in precisions for name in args.models]
     collected = {run: {"tokens_per_s": [], "peak_mib": [], "error": None} for run in runs}
     for round_index in range(args.rounds):
         for run in runs:
