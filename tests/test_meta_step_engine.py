@@ -227,12 +227,12 @@ def test_activation_checkpointing_without_find_unused_parameters(tmp_path, accel
     assert any(not torch.equal(rank0[n], start[n]) for n in rank0 if n not in phi)  # θ trained
 
 
-def test_compiled_plain_training_has_room_for_a_graph_per_language(tmp_path, monkeypatch):
+def test_compiled_plain_training_has_room_for_a_graph_per_language(tmp_path):
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     languages = [f"l{k}" for k in range(12)]
     config = MetaXLMConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                            intermediate_size=37, languages=languages, language_modules="adapters")
-    make_trainer(tmp_path, model=MetaXLMForMaskedLM(config), meta_learning=False, torch_compile=True)
-    assert torch._dynamo.config.recompile_limit >= 2 * len(languages)  # training and evaluation mode
+    with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default, restored (as it was) on exit
+        make_trainer(tmp_path, model=MetaXLMForMaskedLM(config), meta_learning=False, torch_compile=True)
+        assert torch._dynamo.config.recompile_limit >= 2 * len(languages)  # training and evaluation mode
