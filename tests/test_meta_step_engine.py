@@ -236,3 +236,4 @@ def test_compiled_plain_training_has_room_for_a_graph_per_language(tmp_path):
     with torch._dynamo.config.patch(recompile_limit=8):  # dynamo's default, restored (as it was) on exit
         make_trainer(tmp_path, model=MetaXLMForMaskedLM(config), meta_learning=False, torch_compile=True)
         assert torch._dynamo.config.recompile_limit >= 2 * len(languages)  # training and evaluation mode
+

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -265,6 +266,12 @@ def check_engine(own_steps: str | None, deepspeed=None, fsdp=None) -> None:
         )
 
 
+logger = logging.getLogger(__name__)
+# accelerate builds FSDP only for accelerator processes: with `use_cpu` (its MULTI_CPU / NO distributed types) it
+# drops the plugin, and the Trainer trains under DDP or one process without saying so.
+IGNORED_FSDP = "fsdp=%r is ignored: accelerate runs FSDP on accelerators only, this run is %s (DDP or one process)"
+
+
 def allow_a_compiled_graph_per_language(num_languages: int) -> None:
     """Under `torch_compile=True` a one-language step is routed by `single_language`, a Python string, so dynamo
     compiles one graph per language (guarded on the code), in training and in evaluation mode. Past
@@ -308,6 +315,8 @@ class MetaXLMTrainer(Trainer):
         self.optimizer_step = self._make_optimizer_step(meta_validation_datasets)
         if self.args.torch_compile:
             allow_a_compiled_graph_per_language(len(unwrapped.config.languages))
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            logger.warning(IGNORED_FSDP, self.args.fsdp, self.accelerator.distributed_type)
 
     def _make_optimizer_step(self, meta_validation_datasets) -> PlainStep | MetaStep | LanguageBalancedStep:
         """The one object that runs every optimizer step of this run (`meta_xlm.steps`)."""

@@ -187,3 +187,14 @@ def test_compiled_pretraining_trains_one_graph_per_language_without_graph_breaks
     losses = [float(loss) for loss in re.findall(r"'loss': '([0-9.]+)'", result.stdout + result.stderr)]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses), losses
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+
+
+@pytest.mark.slow
+def test_fsdp_that_accelerate_drops_on_cpu_processes_is_said_in_the_log(shared_data, tmp_path, accelerate_launch):
+    """Plain training accepts `fsdp`, but accelerate builds FSDP only on accelerators: two CPU processes train
+    under DDP instead, and the log says so rather than leaving the user to believe the model is sharded."""
+    extra = ["--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--eval_strategy", "no", "--save_strategy",
+             "no", "--report_to", "none", "--language_modules", "adapters", "--fsdp", "full_shard"]  # fmt: skip
+    result = run([*accelerate_launch(2), *recipe_args(shared_data, tmp_path, *extra)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fsdp=" in result.stderr and "is ignored: accelerate runs FSDP on accelerators only" in result.stderr
