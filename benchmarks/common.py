@@ -43,15 +43,20 @@ def current_rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def run_worker(script: str, mode: str, args: argparse.Namespace, environment: dict | None = None,
+def worker_environment(allocator: dict | None = None) -> dict:
+    """This process's environment with its glibc MALLOC_* settings replaced by `allocator` (none: glibc's defaults),
+    so that a worker's allocator is the one its figure names, whatever the shell had set."""
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    return {**inherited, **(allocator or {})}
+
+
+def run_worker(script: str, mode: str, args: argparse.Namespace, allocator: dict | None = None,
                extra: list[str] = ()) -> dict:
     """Run `script --worker MODE` with the size flags (then `extra`, which win) in a fresh process (its own peak
-    memory; `environment` added to the inherited one, minus any MALLOC_* setting) and return the JSON dict it
-    prints last."""
+    memory; `worker_environment(allocator)`) and return the JSON dict it prints last."""
     command = [sys.executable, script, "--worker", mode, *args.passthrough, *extra]
-    inherited = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
     result = subprocess.run(command, capture_output=True, text=True, check=False,  # stderr is reported below
-                            env={**inherited, **(environment or {})})
+                            env=worker_environment(allocator))
     if result.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

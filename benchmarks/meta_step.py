@@ -6,9 +6,10 @@
     .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
     .venv/bin/python benchmarks/meta_step.py --accuracy              # every method's higher-order term vs exact
 
-Modes (each in its own subprocess, interleaved over `--rounds`; medians of the timed steps after `--warmup`):
 The model is trained as the pretraining recipe trains it, with sparse prediction (the vocabulary projection and
 the last layer past attention run on the predicted positions only); every mode computes the same loss.
+
+Modes (each in its own subprocess, interleaved over `--rounds`; medians of the timed steps after `--warmup`):
 - plain: what `MetaXLMTrainer` does with meta_learning=False: forward + backward + AdamW on one batch.
 - ours, one per `hypergradient` method: `meta_step_gradients` (lookahead gradient, meta objective over one
   validation batch per language — the training batch shared out over the languages, the trainer's default —,
@@ -353,8 +354,8 @@ def main():
         for mode in (m for m in args.modes if m not in skipped):
             print(f"round {round_index + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
             try:
-                timed = run_worker(__file__, mode, args, environment=REUSE_FREED_MEMORY)
-                sized = run_worker(__file__, mode, args, environment=LIVE_TENSORS,
+                timed = run_worker(__file__, mode, args, allocator=REUSE_FREED_MEMORY)
+                sized = run_worker(__file__, mode, args, allocator=LIVE_TENSORS,
                                    extra=["--memory-only", "--warmup=1", "--steps=1"])
             except RuntimeError as error:  # a peer that fails on this model is reported with its reason
                 if mode not in PEERS:

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough
+from common import add_size_arguments, current_rss_mib, peak_rss_mib, size_passthrough, worker_environment
 
 from meta_xlm.cpu_allocator import REUSE_FREED_MEMORY
 
@@ -131,8 +130,7 @@ ALLOCATORS = {"glibc default": {}, "reuse freed memory": REUSE_FREED_MEMORY}
 
 def run_subprocess(name: str, precision: str, allocator: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--precision", precision, *args.passthrough]
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
-    result = subprocess.run(command, capture_output=True, text=True, env={**environment, **ALLOCATORS[allocator]})
+    result = subprocess.run(command, capture_output=True, text=True, env=worker_environment(ALLOCATORS[allocator]))
     if result.returncode != 0:
         error = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
         return {"error": error}

@@ -101,6 +101,8 @@ from .surgery import (
     parse_language_loss_weights,
 )
 
+logger = logging.getLogger(__name__)
+
 THETA_GRADIENTS = ("recompute", "lookahead")
 
 
@@ -266,7 +268,6 @@ def check_engine(own_steps: str | None, deepspeed=None, fsdp=None) -> None:
         )
 
 
-logger = logging.getLogger(__name__)
 # accelerate builds FSDP only for accelerator processes: with `use_cpu` (its MULTI_CPU / NO distributed types) it
 # drops the plugin, and the Trainer trains under DDP or one process without saying so.
 IGNORED_FSDP = "fsdp=%r is ignored: accelerate runs FSDP on accelerators only, this run is %s (DDP or one process)"
