@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-TensorDict = dict[str, torch.Tensor]
+from .passes import TensorDict, scaled_sum
+
 LOOKAHEAD_KINDS = ("sgd", "optimizer")
 
 
@@ -42,18 +43,30 @@ LOOKAHEAD_KINDS = ("sgd", "optimizer")
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SGDLookahead:
-    """Eq. 3: θ' = θ − β g, β = `lr` (the paper: θ's learning rate)."""
+    """Eq. 3: θ' = θ − β g, β = `lr` (the paper's; Algorithm 1 line 4).
+
+    The lookahead seam of `meta.meta_step_gradients(lookahead=...)`: `step(θ, g) -> θ'`, a `rate` and
+    `direction(∇_{θ'} M) -> v` such that (∂θ'/∂g)ᵀ ∇_{θ'} M = −rate · v; by the chain rule Eq. 4 is then
+    ∇_{φ_i} M = ∂M/∂φ_i − rate · [∇²_{φ_i,θ} L_train^i] v. For SGD, ∂θ'/∂g = −β I: rate β and v = ∇_{θ'} M, the
+    paper's own form. `vjp` is the pure form every lookahead shares (`AdamWLookahead.vjp`)."""
 
     lr: float
     kind: str = "sgd"
 
+    @property
+    def rate(self) -> float:
+        return self.lr
+
     def step(self, theta: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tensor]) -> TensorDict:
-        """θ' = θ − β g on detached copies (θ is not modified); differentiable in g."""
-        return {name: param.detach() - self.lr * gradient[name] for name, param in theta.items()}
+        """θ' = θ − β g on detached copies (θ is not modified), fused as `torch.optim.SGD` steps."""
+        return scaled_sum(theta, gradient, -self.lr)
 
     def vjp(self, gradient: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> TensorDict:
         """(∂θ'/∂g)ᵀ v = −β v: the vector of Eq. 4's higher-order term ([∇²_{φ_i,θ} L] · (−β g_M))."""
         return {name: -self.lr * v for name, v in vector.items()}
+
+    def direction(self, outer: TensorDict) -> TensorDict:
+        return outer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,6 +155,32 @@ class AdamWLookahead:
             name: adamw_jacobian_diagonal(gradient[name], self.states[name], self.hold_second_moment) * v
             for name, v in vector.items()
         }
+
+
+class PreconditionedLookahead:
+    """The seam (`SGDLookahead`'s `step`, `rate`, `direction`) for a lookahead given by `step(θ, g)` and
+    `vjp(g, v)`, e.g. θ's own AdamW step (`make_lookahead("optimizer", ...)`).
+
+    (∂θ'/∂g)ᵀ ∇_{θ'} M = vjp(g, ∇_{θ'} M) = −rate · v with rate = 1 and v = −vjp(g, ∇_{θ'} M), so Eq. 4 becomes
+    ∇_{φ_i} M = ∂M/∂φ_i + [∇²_{φ_i,θ} L_train^i] (∂θ'/∂g)ᵀ ∇_{θ'} M, and the higher-order share is ‖that term‖ /
+    ‖direct‖. g is held from `step` to `direction`: AdamW's Jacobian depends on it (one θ-sized tensor more)."""
+
+    rate = 1.0
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.kind = inner.kind
+        self._gradient: Mapping[str, torch.Tensor] | None = None
+
+    def step(self, theta: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tensor]) -> TensorDict:
+        self._gradient = gradient
+        return self.inner.step(theta, gradient)
+
+    def direction(self, outer: TensorDict) -> TensorDict:
+        if self._gradient is None:
+            raise RuntimeError("PreconditionedLookahead.direction needs the g of a step(θ, g) before it")
+        vjp, self._gradient = self.inner.vjp(self._gradient, outer), None
+        return {name: -v for name, v in vjp.items()}
 
 
 def _unwrap(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -288,7 +327,7 @@ def subset_probability(num_languages: int, k: int) -> float:
 
 
 __all__ = [
-    "AdamWLookahead", "AdamWParameterState", "LOOKAHEAD_KINDS", "SGDLookahead", "adamw_jacobian_diagonal",
+    "AdamWLookahead", "AdamWParameterState", "LOOKAHEAD_KINDS", "PreconditionedLookahead", "SGDLookahead", "adamw_jacobian_diagonal",
     "adamw_parameter_step", "adamw_states", "full_precision", "lookahead_share", "make_lookahead",
     "meta_language_weights", "sample_meta_languages", "subset_probability",
 ]

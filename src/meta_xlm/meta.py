@@ -10,8 +10,8 @@ Shared parameters θ, language-specific parameters φ = {φ_1..φ_L} (`parameter
                                                                      (one `hypergradients.HigherOrderTerm` per method)
 
 Two pieces are replaceable, each one argument of `meta_step_gradients`: the lookahead (`lookahead=`: an object
-mapping (θ, g) to θ' and ∇_{θ'} M to the direction of the higher-order term, `SGDLookahead` by default;
-`PreconditionedLookahead` wraps θ's own AdamW step, `meta_xlm.lookahead`) and the
+mapping (θ, g) to θ' and ∇_{θ'} M to the direction of the higher-order term: `meta_xlm.lookahead`'s
+`SGDLookahead` by default, or `PreconditionedLookahead` around θ's own AdamW step) and the
 meta objective's languages and weights (`meta_weights=`: {language: w_j}, `uniform_meta_objective` by default).
 
 Every function here is pure: parameters are never modified in place (θ' and the θ ± εg probes go through
@@ -41,11 +41,10 @@ from .hypergradients import (
     HYPERGRADIENT_METHODS, HigherOrderTerm, TrainingPass, attached_hvp, canonical_name, check_method,
     double_backward_hvp, finite_difference_hvp, forward_over_reverse_hvp, higher_order_term,
 )
-from .lookahead import lookahead_share
+from .lookahead import PreconditionedLookahead, SGDLookahead, lookahead_share
 from .modeling_meta_xlm import ParameterGroups, parameter_groups
 from .passes import (
     AllReduceSum, Batch, TensorDict, all_reduce, count_labels, dropout_seed, grad, model_loss, norm, same_masks,
-    scaled_sum,
 )
 
 # exact, by differentiating the lookahead's own graph: accurate in bf16 at the paper's size and the fastest exact
@@ -81,50 +80,6 @@ def without_activation_checkpointing(function):
 
 
 # ---------------------------------------------------------------------------------------------- Eq. 3
-class SGDLookahead:
-    """Eq. 3: θ' = θ − β g, a plain gradient step (the paper's; Algorithm 1 line 4).
-
-    The lookahead seam. A lookahead provides `rate` and two maps: `step(θ, g) -> θ'`, and `direction(∇_{θ'} M) -> v`
-    such that (∂θ'/∂g)ᵀ ∇_{θ'} M = −rate · v; by the chain rule Eq. 4 is then ∇_{φ_i} M = ∂M/∂φ_i − rate ·
-    [∇²_{φ_i,θ} L_train^i] v. For SGD, ∂θ'/∂g = −β I: v = ∇_{θ'} M. An optimizer-aware lookahead (θ' = the step θ's
-    own optimizer would take, `meta_xlm.lookahead.AdamWLookahead`) fits with rate 1 and v = −(∂θ'/∂g)ᵀ ∇_{θ'} M, its
-    `vjp` at the g its `step` was given (an elementwise Jacobian: kept from `step`, or g kept for it)."""
-
-    def __init__(self, lr: float):
-        self.rate = lr
-
-    def step(self, shared: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tensor]) -> TensorDict:
-        return scaled_sum(shared, gradient, -self.rate)  # detached: θ is not modified
-
-    def direction(self, outer: TensorDict) -> TensorDict:
-        return outer
-
-
-class PreconditionedLookahead:
-    """The seam for a lookahead of `meta_xlm.lookahead` (`step(θ, g)`, `vjp(g, v)`), e.g. θ's own AdamW step.
-
-    (∂θ'/∂g)ᵀ ∇_{θ'} M = vjp(g, ∇_{θ'} M) = −rate · v with rate = 1 and v = −vjp(g, ∇_{θ'} M), so Eq. 4 becomes
-    ∇_{φ_i} M = ∂M/∂φ_i + [∇²_{φ_i,θ} L_train^i] (∂θ'/∂g)ᵀ ∇_{θ'} M, and the higher-order share is ‖that term‖ /
-    ‖direct‖. g is held from `step` to `direction`: AdamW's Jacobian depends on it (one θ-sized tensor more)."""
-
-    rate = 1.0
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.kind = inner.kind
-        self._gradient: Mapping[str, torch.Tensor] | None = None
-
-    def step(self, shared: Mapping[str, torch.Tensor], gradient: Mapping[str, torch.Tensor]) -> TensorDict:
-        self._gradient = gradient
-        return self.inner.step(shared, gradient)
-
-    def direction(self, outer: TensorDict) -> TensorDict:
-        if self._gradient is None:
-            raise RuntimeError("PreconditionedLookahead.direction needs the g of a step(θ, g) before it")
-        vjp, self._gradient = self.inner.vjp(self._gradient, outer), None
-        return {name: -v for name, v in vjp.items()}
-
-
 def lookahead(shared: Mapping[str, torch.Tensor], train_gradient: Mapping[str, torch.Tensor], lookahead_lr: float) -> TensorDict:
     """Eq. 3: θ' = θ − β ∇_θ L_train^i(θ, φ_i), a plain gradient step on detached copies (θ is not modified)."""
     return SGDLookahead(lookahead_lr).step(shared, train_gradient)

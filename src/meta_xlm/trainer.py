@@ -88,8 +88,9 @@ from .meta import (
     DEFAULT_HYPERGRADIENT, HYPERGRADIENT_METHODS, MetaGradients, check_method, count_labels, higher_order_term,
     meta_step_gradients, trainable_parameter_groups,
 )
-from .lookahead import LOOKAHEAD_KINDS, adamw_states, full_precision, make_lookahead
-from .meta import PreconditionedLookahead, SGDLookahead
+from .lookahead import (
+    LOOKAHEAD_KINDS, PreconditionedLookahead, SGDLookahead, adamw_states, full_precision, make_lookahead,
+)
 from .modeling_meta_xlm import ParameterGroups
 from .sampling import LanguageBalancedBatchSampler, LanguageBatchSampler, lang_ids_of
 from .steps import LanguageBalancedStep, MetaStep, PlainStep, meta_validation_batches, sampled_languages
