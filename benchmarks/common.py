@@ -37,6 +37,20 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_rss() -> float:
+    """Start a new peak of the resident set size (Linux: /proc/self/clear_refs) and return the size now, MiB."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return current_rss_mib()
+
+
+def peak_rss_since_reset_mib() -> float:
+    """The peak resident set size since the last `reset_peak_rss` (VmHWM; getrusage keeps the lifetime peak)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def current_rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])

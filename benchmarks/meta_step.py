@@ -2,9 +2,10 @@
 `higher` and with Betty, and one plain +adpt step, in one run.
 
     .venv/bin/python benchmarks/meta_step.py                         # the benchmark size (4 layers, hidden 256)
-    .venv/bin/python benchmarks/meta_step.py --size paper --batch 4 --length 64 --steps 2 --warmup 1 --rounds 1
+    .venv/bin/python benchmarks/meta_step.py --size paper --batch 4 --length 64 --steps 4 --warmup 4 --rounds 1
     .venv/bin/python benchmarks/meta_step.py --batch 4 --length 32 --steps 2 --warmup 1 --rounds 1   # smoke run
     .venv/bin/python benchmarks/meta_step.py --accuracy              # every method's higher-order term vs exact
+    .venv/bin/python benchmarks/meta_step.py --phases                # where the default step's time and memory go
 
 The model is trained as the pretraining recipe trains it, with sparse prediction (the vocabulary projection and
 the last layer past attention run on the predicted positions only); every mode computes the same loss.
@@ -50,7 +51,10 @@ import statistics
 import sys
 import time
 
-from common import add_size_arguments, current_rss_mib, peak_rss_mib, run_worker, size_passthrough
+from common import (
+    add_size_arguments, current_rss_mib, peak_rss_mib, peak_rss_since_reset_mib, reset_peak_rss, run_worker,
+    size_passthrough,
+)
 
 from meta_xlm.cpu_allocator import REUSE_FREED_MEMORY
 
@@ -305,6 +309,88 @@ def accuracy_rows(args):
             yield method, precision, cosine, float(term.norm() / reference.norm())
 
 
+PHASES = ("plain step (forward, backward, AdamW)", "lookahead pass, graph kept", "meta objective at θ'",
+          "higher-order term (double backward)", "φ_i and θ AdamW steps")
+
+
+def phase_measurements(args) -> dict:
+    """Runs in the subprocess: the default step (double backward, θ on the lookahead's gradient) phase by phase, and a
+    plain step, on one training batch: each phase's median seconds over --steps after --warmup, and the peak resident
+    memory it reaches above the size before its step began (MiB; meaningful under the live-tensor allocator), so the
+    meta step's phases show what they add to what the earlier phases still hold."""
+    import torch
+
+    from meta_xlm.meta import SGDLookahead, attached_hvp, count_labels, meta_objective_gradients, train_gradient
+
+    model, groups, train_batches, val_batches = build(args)
+    language, batch = "te", train_batches[1]
+    shared, phi = groups.shared, groups.languages[language]
+    num_items, val_items = count_labels([batch]), {c: count_labels([b]) for c, b in val_batches.items()}
+    language_ids = {id(p) for params in groups.languages.values() for p in params.values()}
+    plain_optimizer = torch.optim.AdamW(model.parameters(), lr=BETA)
+    theta_optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in language_ids], lr=BETA)
+    phi_optimizer = torch.optim.AdamW(list(phi.values()), lr=BETA)
+    seconds, peaks = {phase: [] for phase in PHASES}, {phase: 0.0 for phase in PHASES}
+
+    def timed(phase, function, before_step):
+        reset_peak_rss()
+        start = time.perf_counter()
+        result = function()
+        seconds[phase].append(time.perf_counter() - start)
+        if len(seconds[phase]) > args.warmup:  # the warm-up steps create the optimizers' state
+            peaks[phase] = max(peaks[phase], peak_rss_since_reset_mib() - before_step)
+        return result
+
+    def plain_step():
+        model(**batch).loss.backward()
+        plain_optimizer.step()
+        plain_optimizer.zero_grad(set_to_none=True)
+
+    def parameter_steps(hypergradient, theta_gradient):
+        for name, param in phi.items():
+            param.grad = hypergradient[name]
+        for name, gradient in theta_gradient.items():
+            model.get_parameter(name).grad = gradient
+        phi_optimizer.step()
+        theta_optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup + args.steps):
+        timed(PHASES[0], plain_step, current_rss_mib())
+        before_step = current_rss_mib()
+        train = timed(PHASES[1], lambda: train_gradient(model, [batch], shared, num_items, [0], keep_graph=True),
+                      before_step)
+        outer, direct, _ = timed(PHASES[2], lambda: meta_objective_gradients(
+            model, val_batches, SGDLookahead(BETA).step(shared, train.gradient), language, phi, val_items,
+            seeds={code: k for k, code in enumerate(val_batches)}), before_step)
+        higher_order = timed(PHASES[3], lambda: attached_hvp(train.attached, phi, outer), before_step)
+        hypergradient = {name: direct[name] - BETA * higher_order[name] for name in phi}  # Eq. 4
+        timed(PHASES[4], lambda: parameter_steps(hypergradient, train.gradient), before_step)
+        train = outer = direct = higher_order = hypergradient = None  # freed before the next plain step
+    return {"seconds": {p: statistics.median(t[args.warmup:]) for p, t in seconds.items()}, "peak_mib": peaks}
+
+
+def phase_report(args) -> None:
+    """The phase table: time with freed memory reused, memory under the live-tensor allocator (separate runs)."""
+    timed = run_worker(__file__, "phases", args, allocator=REUSE_FREED_MEMORY)["seconds"]
+    sized = run_worker(__file__, "phases", args, allocator=LIVE_TENSORS, extra=["--warmup=1", "--steps=1"])["peak_mib"]
+    plain_peak = sized[PHASES[0]]
+    plain = timed[PHASES[0]]
+    print(f"the default meta step phase by phase ({args.size} size, batch {args.batch} x {args.length}, validation "
+          f"{validation_batch(args)} per language, {args.threads} threads, fp32); peak memory above the size before "
+          "the step, MALLOC_MMAP_THRESHOLD_=65536")
+    print(f"{'phase':<40} {'s':>7} {'x plain':>7} {'peak MiB':>9} {'x plain':>7}")
+    for phase in PHASES:
+        print(f"{phase:<40} {timed[phase]:>7.3f} {timed[phase] / plain:>7.2f} {sized[phase]:>9.0f} "
+              f"{sized[phase] / plain_peak:>7.2f}")
+    meta_step = sum(timed[phase] for phase in PHASES[1:])
+    print(f"{'whole meta step':<40} {meta_step:>7.3f} {meta_step / plain:>7.2f}")
+    print("Arithmetic of a linear layer in matmuls: forward 1, backward 2, double backward of <dL/dW, v> 4 (x and the "
+          "output gradient each get two products), so an exact step with one lookahead pass and one meta-objective pass "
+          "of the training batch's size costs about (3 + 3 + 4) / 3 = 3.3 plain forward/backward passes (a little less: "
+          "the double backward skips what does not reach phi_i).")
+
+
 def peer_status(mode: str) -> str | None:
     """Why a peer cannot run here, or None."""
     package = "higher" if mode == "higher" else "betty"
@@ -324,7 +410,8 @@ def parse_args(argv=None):
     parser.add_argument("--validation-batch", type=int, default=None, help="validation examples per language")
     parser.add_argument("--accuracy", action="store_true", help="print the higher-order term's accuracy table")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
-    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--phases", action="store_true", help="time and memory of the default step, phase by phase")
+    parser.add_argument("--worker", choices=[*MODES, "phases"], help=argparse.SUPPRESS)
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.modes = ["plain"] + [m for m in args.modes.split(",") if m != "plain"]
@@ -340,7 +427,10 @@ def parse_args(argv=None):
 def main():
     args = parse_args()
     if args.worker:
-        print(json.dumps(measure(args.worker, args)))
+        print(json.dumps(phase_measurements(args) if args.worker == "phases" else measure(args.worker, args)))
+        return
+    if args.phases:
+        phase_report(args)
         return
     if args.accuracy:
         print(f"higher-order term of Eq. 4 vs exact double backward in fp32; {args.size} size, dropout off, "
