@@ -20,7 +20,8 @@ matmuls at full precision (TF32 on GPUs rounds to 11 bits: the same loss). bench
 Sampled meta objective: `sample_meta_languages` returns language i plus k − 1 others drawn uniformly without
 replacement, with weights that make Σ_j w_j L_val^j an unbiased estimate of M = (1/L) Σ_j L_val^j.
 
-Pure functions: parameters and optimizer state are never modified; no I/O.
+Parameters and optimizer state are never modified; no I/O. The one object with state is
+`PreconditionedLookahead`, which holds g from its `step` to its `direction` within one meta step.
 """
 
 from __future__ import annotations
@@ -327,7 +328,7 @@ def subset_probability(num_languages: int, k: int) -> float:
 
 
 __all__ = [
-    "AdamWLookahead", "AdamWParameterState", "LOOKAHEAD_KINDS", "PreconditionedLookahead", "SGDLookahead", "adamw_jacobian_diagonal",
-    "adamw_parameter_step", "adamw_states", "full_precision", "lookahead_share", "make_lookahead",
-    "meta_language_weights", "sample_meta_languages", "subset_probability",
+    "AdamWLookahead", "AdamWParameterState", "LOOKAHEAD_KINDS", "PreconditionedLookahead", "SGDLookahead",
+    "adamw_jacobian_diagonal", "adamw_parameter_step", "adamw_states", "full_precision", "lookahead_share",
+    "make_lookahead", "meta_language_weights", "sample_meta_languages", "subset_probability",
 ]
