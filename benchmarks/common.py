@@ -37,11 +37,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak_rss() -> float:
-    """Start a new peak of the resident set size (Linux: /proc/self/clear_refs) and return the size now, MiB."""
+def reset_peak_rss() -> None:
+    """Start a new peak of the resident set size (Linux: /proc/self/clear_refs)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
-    return current_rss_mib()
 
 
 def peak_rss_since_reset_mib() -> float:
