@@ -207,6 +207,7 @@ def measure(mode: str, args) -> dict:
                 result = our_hypergradient(mode.split("+")[0], model, groups, language, batch, val_batches,
                                            keep_theta_gradient=mode.endswith("+lookahead"))
                 hyper, theta_gradient = result.hypergradient, result.theta_gradient
+                del result  # it holds θ's gradient too: kept into the next step, it would count one θ twice
             hyper_times.append(time.perf_counter() - start)
             for name, param in groups.languages[language].items():  # φ_i's own AdamW (Algorithm 1 line 6)
                 param.grad = hyper[name]

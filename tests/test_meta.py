@@ -6,8 +6,12 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from meta_xlm import meta
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
-from meta_xlm.meta import count_labels, hypergradient, meta_step_gradients, trainable_parameter_groups
+from meta_xlm.meta import (
+    attached_hvp, count_labels, hypergradient, meta_step_gradients, release_values, train_gradient,
+    trainable_parameter_groups,
+)
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
 
 LANGUAGES = ["en", "te", "pt"]
@@ -236,3 +240,55 @@ def test_meta_loss_is_summed_across_processes():
     )
     torch.testing.assert_close(twice.meta_loss, one.meta_loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(flat(twice.hypergradient), flat(one.hypergradient), rtol=1e-9, atol=1e-12)
+
+
+def _lookahead_pass(model, train, groups):
+    return train_gradient(model, [train], groups.shared, count_labels([train]), [0], keep_graph=True)
+
+
+def test_released_lookahead_gradient_keeps_the_graph_the_exact_term_reads():
+    """`release_values` frees the values of the lookahead's attached θ-gradient (θ-sized) but not its graph: the
+    double backward, a vector-Jacobian product through that graph, gives the same term; a kept gradient stays."""
+    model = tiny_model()
+    groups, train = trainable_parameter_groups(model), mlm_batch("te")
+    phi = groups.languages["te"]
+    generator = torch.Generator().manual_seed(3)
+    vector = {name: torch.randn(p.shape, generator=generator, dtype=p.dtype) for name, p in groups.shared.items()}
+    reference = attached_hvp(_lookahead_pass(model, train, groups).attached, phi, vector)
+    released = _lookahead_pass(model, train, groups)
+    release_values(released.attached)
+    assert all(t.untyped_storage().nbytes() == 0 for t in released.attached.values())
+    torch.testing.assert_close(flat(attached_hvp(released.attached, phi, vector)), flat(reference), rtol=1e-12, atol=0)
+    kept = _lookahead_pass(model, train, groups)
+    values = {name: g.clone() for name, g in kept.gradient.items()}
+    release_values(kept.attached, keep=kept.gradient)  # single process: the gradient is a view of the attached one
+    torch.testing.assert_close(flat(kept.gradient), flat(values), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keep_theta_gradient", [False, True])
+def test_meta_objective_runs_without_the_lookahead_gradient_values(monkeypatch, keep_theta_gradient):
+    """The step's peak is the meta objective at θ', with the lookahead's graph kept: the attached θ-gradient's
+    values are freed before it (SGD lookahead), unless they are θ's gradient for its step (`keep_theta_gradient`)."""
+    passes, freed_during_objective = [], []
+    real_pass, real_objective = meta.train_gradient, meta.meta_objective_gradients
+
+    def recording_pass(*args, **kwargs):
+        passes.append(real_pass(*args, **kwargs))
+        return passes[-1]
+
+    def checking_objective(*args, **kwargs):
+        freed_during_objective.append(all(t.untyped_storage().nbytes() == 0 for t in passes[-1].attached.values()))
+        return real_objective(*args, **kwargs)
+
+    monkeypatch.setattr(meta, "train_gradient", recording_pass)
+    monkeypatch.setattr(meta, "meta_objective_gradients", checking_objective)
+    model = tiny_model()
+    train, vals = mlm_batch("te"), val_batches()
+    step = meta_step_gradients(model, [train], vals, "te", lookahead_lr=0.5, method="double_backward",
+                               keep_theta_gradient=keep_theta_gradient)
+    assert freed_during_objective == [not keep_theta_gradient]
+    reference = unrolled_reference(model, train, vals, "te", lookahead_lr=0.5)
+    torch.testing.assert_close(flat(step.hypergradient), flat(reference), rtol=1e-9, atol=1e-12)
+    if keep_theta_gradient:
+        expected = torch.autograd.grad(model(**train).loss, list(trainable_parameter_groups(model).shared.values()))
+        torch.testing.assert_close(flat(step.theta_gradient), torch.cat([g.reshape(-1) for g in expected]))

@@ -201,8 +201,7 @@ def double_backward_hvp(
     for batch, seed in zip(train_batches, seeds):
         with same_masks(model, seed, batch["input_ids"].device, math_kernel=True):
             theta_grads = grad(model_loss(model, batch, train_num_items, overrides=None), shared, create_graph=True)
-            inner = _dot(theta_grads, vector)
-        total = add_(total, grad(inner, language_params))
+        total = add_(total, attached_hvp(theta_grads, language_params, vector))
     return total
 
 
@@ -210,15 +209,21 @@ def attached_hvp(
     attached: Mapping[str, torch.Tensor], language_params: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]
 ) -> TensorDict:
     """Exact [∇²_{φ_i,θ} L] · v = ∇_{φ_i} ⟨∇_θ L(θ, φ_i), v⟩, differentiating the lookahead's own θ-gradient
-    (`train_gradient(..., keep_graph=True)`, this process's share)."""
-    return grad(_dot(attached, vector), language_params)
+    (`train_gradient(..., keep_graph=True)`, this process's share) along v: a vector-Jacobian product through its
+    graph, which never reads the gradient's values (`release_values` may have freed them)."""
+    names = list(attached)
+    return grad([attached[n] for n in names], language_params,
+                grad_outputs=[vector[n].to(attached[n].dtype) for n in names])
 
 
-def _dot(tensors: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """⟨tensors, vector⟩ summed over the dict (differentiable through `tensors`)."""
-    names = list(tensors)
-    products = torch._foreach_mul([tensors[n] for n in names], [vector[n].to(tensors[n].dtype) for n in names])
-    return torch.stack([p.sum() for p in products]).sum()
+def release_values(attached: Mapping[str, torch.Tensor], keep: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Free the values of the lookahead's attached θ-gradient, keeping its graph: once θ' is built only
+    `attached_hvp` reads it, through its graph. A θ-sized buffer that would otherwise stay alive across the meta
+    objective, the step's peak. Tensors sharing storage with `keep` (the gradient kept for θ's step) are left."""
+    kept = {t.untyped_storage().data_ptr() for t in keep.values()} if keep else set()
+    for tensor in attached.values():
+        if tensor.untyped_storage().data_ptr() not in kept:
+            tensor.untyped_storage().resize_(0)
 
 
 def finite_difference_hvp(

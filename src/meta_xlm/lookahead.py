@@ -53,6 +53,7 @@ class SGDLookahead:
 
     lr: float
     kind: str = "sgd"
+    holds_gradient = False  # `direction` does not read g: the caller may free it once θ' is built
 
     @property
     def rate(self) -> float:
@@ -167,6 +168,7 @@ class PreconditionedLookahead:
     ‖direct‖. g is held from `step` to `direction`: AdamW's Jacobian depends on it (one θ-sized tensor more)."""
 
     rate = 1.0
+    holds_gradient = True  # `direction` reads the g given to `step`
 
     def __init__(self, inner):
         self.inner = inner

@@ -39,7 +39,7 @@ from torch import nn
 
 from .hypergradients import (
     HYPERGRADIENT_METHODS, HigherOrderTerm, TrainingPass, attached_hvp, canonical_name, check_method,
-    double_backward_hvp, finite_difference_hvp, forward_over_reverse_hvp, higher_order_term,
+    double_backward_hvp, finite_difference_hvp, forward_over_reverse_hvp, higher_order_term, release_values,
 )
 from .lookahead import PreconditionedLookahead, SGDLookahead, lookahead_share
 from .modeling_meta_xlm import ParameterGroups, parameter_groups
@@ -302,6 +302,9 @@ def meta_step_gradients(
     phi_gradient = {name: train.gradient.pop(name) for name in language_params} if term.needs_phi_gradient_at_theta else None
     theta_prime = lookahead.step(shared, train.gradient)  # Eq. 3
     theta_gradient = train.gradient if keep_theta_gradient else None
+    if train.attached is not None:  # from here on only its graph is read (θ-sized values freed before the peak)
+        holds = getattr(lookahead, "holds_gradient", True)  # a lookahead that does not say may read g in `direction`
+        release_values(train.attached, keep=train.gradient if keep_theta_gradient or holds else None)
     train.gradient = None
     with objective_precision():
         outer, direct, meta_loss = meta_objective_gradients(  # M and its gradients at θ'
@@ -363,6 +366,6 @@ __all__ = [  # the math of the meta step; the higher-order products live in `hyp
     "TrainGradient", "TrainingPass", "activation_checkpointing_paused", "attached_hvp", "canonical_name", "chain_rule",
     "check_method", "count_labels", "double_backward_hvp", "dropout_seed", "finite_difference_hvp",
     "forward_over_reverse_hvp", "higher_order_term", "hypergradient", "lookahead", "meta_objective_gradients",
-    "meta_step_gradients", "mixed_hessian_vector_product", "train_gradient", "trainable_parameter_groups",
-    "uniform_meta_objective",
+    "meta_step_gradients", "mixed_hessian_vector_product", "release_values", "train_gradient",
+    "trainable_parameter_groups", "uniform_meta_objective",
 ]

@@ -63,7 +63,7 @@ def same_masks(model: nn.Module, seed: int, device: torch.device, math_kernel: b
         yield
 
 
-def grad(loss: torch.Tensor, params: Mapping[str, torch.Tensor], **kwargs) -> TensorDict:
+def grad(loss: torch.Tensor | Sequence[torch.Tensor], params: Mapping[str, torch.Tensor], **kwargs) -> TensorDict:
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True, **kwargs)
     return dict(zip(params, grads))
 
