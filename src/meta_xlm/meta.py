@@ -98,7 +98,8 @@ def uniform_meta_objective(languages: Sequence[str]) -> dict[str, float]:
 class TrainGradient:
     """∇ L_train^i(θ, φ_i) over the micro-batches of one step. `gradient`: summed over micro-batches and processes,
     detached. `losses`: this process's loss share per micro-batch. `attached`: this process's θ-gradient still
-    attached to its graph (`keep_graph=True`), which the double-backward term differentiates once more."""
+    attached to its graph (`keep_graph=True`), which the double-backward term differentiates once more (through its
+    graph only: `meta_step_gradients` frees its values once θ' is built, `release_values`)."""
 
     gradient: TensorDict
     losses: list[torch.Tensor]
