@@ -302,11 +302,7 @@ def meta_step_gradients(
                            keep_graph=term.keeps_lookahead_graph)
     phi_gradient = {name: train.gradient.pop(name) for name in language_params} if term.needs_phi_gradient_at_theta else None
     theta_prime = lookahead.step(shared, train.gradient)  # Eq. 3
-    theta_gradient = train.gradient if keep_theta_gradient else None
-    if train.attached is not None:  # from here on only its graph is read (θ-sized values freed before the peak)
-        holds = getattr(lookahead, "holds_gradient", True)  # a lookahead that does not say may read g in `direction`
-        release_values(train.attached, keep=train.gradient if keep_theta_gradient or holds else None)
-    train.gradient = None
+    theta_gradient = _after_lookahead(train, lookahead, keep_theta_gradient)
     with objective_precision():
         outer, direct, meta_loss = meta_objective_gradients(  # M and its gradients at θ'
             model, val_batches, theta_prime, language, language_params, val_num_items, all_reduce_sum, meta_weights,
@@ -323,6 +319,17 @@ def meta_step_gradients(
     hypergradient, ratio = chain_rule(direct, higher_order, lookahead.rate)  # Eq. 4
     return MetaGradients(hypergradient, direct, higher_order, torch.stack(train_losses).sum(), meta_loss, ratio,
                          train_losses, theta_gradient, share)
+
+
+def _after_lookahead(train: TrainGradient, lookahead, keep_theta_gradient: bool) -> TensorDict | None:
+    """Once θ' is built, g is read only as θ's gradient for its step (`keep_theta_gradient`) or by a lookahead's
+    `direction`; the double backward reads the attached θ-gradient through its graph only. Frees the rest of g's
+    values before the meta objective, the step's peak (a θ-sized buffer), and returns θ's gradient when kept."""
+    holds = getattr(lookahead, "holds_gradient", True)  # a lookahead that does not say may read g in `direction`
+    if train.attached is not None:
+        release_values(train.attached, keep=train.gradient if keep_theta_gradient or holds else None)
+    theta_gradient, train.gradient = (train.gradient if keep_theta_gradient else None), None
+    return theta_gradient
 
 
 def _lookahead_share(model, val_batches, shared, language, language_params, val_num_items, all_reduce_sum,
