@@ -124,12 +124,13 @@ def test_pretraining_records_keep_only_the_curves_and_diagnostics_the_report_rea
     history = [{"step": 25, "loss": 7.1, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1,
                 "surgery_cosine_before/en-sw": -0.2, "surgery_cosine_after/en-sw": 0.0},
                {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4, "eval_sw_runtime": 3.0},
-               {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02, "meta_loss": 6.1},
+               {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02, "meta_loss": 6.1,
+                "meta_lookahead_share": 0.005, "meta_objective_languages": 2.0},
                {"step": 6000, "train_runtime": 100.0, "train_loss": 5.0}]  # fmt: skip
     assert curve_history(history) == [
         {"step": 25, "loss": 7.1, "surgery_cosine_before/en-sw": -0.2, "surgery_cosine_after/en-sw": 0.0},
         {"step": 500, "eval_sw_loss": 6.0, "eval_sw_perplexity": 403.4},
-        {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02},
+        {"step": 525, "loss": 6.0, "meta_higher_order_ratio": 0.02, "meta_lookahead_share": 0.005},
     ]
 
 

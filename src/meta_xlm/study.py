@@ -247,9 +247,10 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
 
 
 CURVE_KEYS = ("_loss", "_perplexity")  # eval_<language>_loss / _perplexity: what perplexity_curve reads
-# What a treatment did, per logging window: the shared-gradient cosines before/after surgery (per language pair)
-# and the share of the meta hypergradient that is higher-order — the report averages them per run.
-DIAGNOSTIC_KEYS = ("surgery_cosine_before/", "surgery_cosine_after/", "meta_higher_order_ratio")
+# What a treatment did, per logging window: the shared-gradient cosines before/after surgery (per language pair),
+# the share of the meta hypergradient that is higher-order, and how much the lookahead θ' moves Eq. 4's direct term
+# (logged on logging steps) — the report averages them per run.
+DIAGNOSTIC_KEYS = ("surgery_cosine_before/", "surgery_cosine_after/", "meta_higher_order_ratio", "meta_lookahead_share")
 
 
 def keeps(key: str) -> bool:
