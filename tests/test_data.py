@@ -157,6 +157,22 @@ def test_tokenizer_round_trips_every_script_without_unknown_tokens(tokenizer, re
         assert len(tokenizer(joined)["input_ids"]) < 0.6 * len(joined.encode()), language
 
 
+
+def test_pre_tokenizer_keeps_combining_marks_with_their_letters_and_splits_other_text_as_gpt2(tokenizer, real_corpora):
+    from tokenizers import pre_tokenizers
+
+    pieces = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    # Telugu and Devanagari words: one piece each (GPT-2's pattern cut them at every vowel sign and virama).
+    assert len(pieces("తెలుగు భాష")) == 2 and len(pieces("हिन्दी में")) == 2
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str
+    _, validation = real_corpora
+    for language in ("en", "sw", "ru"):  # no combining marks in this text: exactly byte-level BPE's default split
+        for text in validation[language]["text"][:50]:
+            assert pieces(text) == gpt2(text), (language, text)
+    # Telugu text: less than half as many pieces as GPT-2's pattern cuts it into.
+    telugu = " ".join(validation["te"]["text"][:20])
+    assert len(pieces(telugu)) < 0.5 * len(gpt2(telugu))
+
 # ------------------------------------------------------------------ blocks and masking
 
 
