@@ -464,3 +464,26 @@ def test_a_verdict_whose_cells_are_missing_has_not_changed():
     assert changed_verdicts([{**key, "verdict": "not yet run"}], before)[0]["changed"] == ""
     assert changed_verdicts([{**key, "verdict": "inconclusive"}], before)[0]["changed"] == "yes"
     assert changed_verdicts([{**key, "verdict": "inconclusive"}], [])[0] == {**key, "before": "–", "now": "inconclusive", "changed": ""}
+
+
+def test_the_meta_rows_answer_the_open_meta_questions_and_only_where_the_study_has_both_rows(tmp_path):
+    from meta_xlm.study_report import claims_in_study, gate_on_pretraining, meta_step_claims, paper_claims
+
+    names = ["random_init", "joint_pair", "meta_adpt", "meta_adpt_lookahead_optimizer", "adapters_on_own_meta_text"]
+    study = treatment_study(tmp_path, names, (("pos", "within"),))
+    claims = claims_in_study(meta_step_claims("sw"), study)
+    assert {claim.text for claim in claims} == {  # no θ-lookahead row, no zero-shot task: none of those claims
+        "optimizer lookahead beats SGD lookahead (within)", "optimizer lookahead beats SGD lookahead (perplexity)",
+        "+meta adpt beats adapters on their own meta text (within)",
+        "+meta adpt beats adapters on their own meta text (perplexity)"}
+    data = (rows("random_init", [10.0, 11.0, 12.0]) + rows("joint_pair", [60.0, 61.0, 62.0])
+            + rows("meta_adpt", [70.0, 71.0, 72.0]) + rows("meta_adpt_lookahead_optimizer", [80.0, 81.0, 82.0])
+            + rows("adapters_on_own_meta_text", [69.0, 71.0, 73.0]))  # fmt: skip
+    gated = gate_on_pretraining([verdict(claim, data) for claim in claims_in_study(paper_claims("sw"), study) + claims])
+    verdicts = {v["claim"]: v for v in gated}  # the report's gate: pretraining (joint_pair) beats random init
+    assert verdicts["optimizer lookahead beats SGD lookahead (perplexity)"]["verdict"] == "not yet run"
+    optimizer = verdicts["optimizer lookahead beats SGD lookahead (within)"]
+    assert optimizer["comparison"] == "meta_adpt_lookahead_optimizer sw vs meta_adpt sw"
+    assert optimizer["verdict"] == "reproduced"
+    own_text = verdicts["+meta adpt beats adapters on their own meta text (within)"]
+    assert own_text["verdict"].startswith("not reproduced (no difference")

@@ -12,7 +12,8 @@ The pipeline (Section 3.2 of the paper, following XLM, Lample & Conneau 2019):
    sample of their training text and returns a `PreTrainedTokenizerFast` with XLM-R's special tokens and ids
    (<s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last), which is what `MetaXLMConfig` defaults to.
    Byte-level (GPT-2/RoBERTa style) is chosen so that every string round-trips exactly and no input ever maps
-   to <unk>, whichever script it is in; characters frequent in training become single tokens by merges.
+   to <unk>, whichever script it is in; characters frequent in training become single tokens by merges. Its
+   word pattern keeps combining marks with their letters, so Indic words can merge whole (`WORD_PATTERN`).
 3. `tokenize_into_blocks` turns a language's sentences into XLM-style streams: sentences joined by </s>,
    cut into fixed-length blocks that start with <s>; every example carries `lang_ids` (index into
    `config.languages`). `meta_xlm.sampling.language_sampling_probabilities` gives p_i ∝ (L_i / Σ_j L_j)^(1/T).

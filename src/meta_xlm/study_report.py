@@ -210,6 +210,27 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
     return claims
 
 
+
+def meta_step_claims(language: str) -> list[Claim]:
+    """The open meta issues' questions as comparisons of small_en_sw_converged.yaml's meta rows: does θ's own
+    optimizer as the lookahead beat Eq. 3's SGD step, is +meta adpt more than adapters trained on their language's
+    meta-validation text alone (no lookahead, no higher-order term), and does the θ step lose anything by reusing
+    the lookahead's gradient (taken at φ^t) instead of recomputing it (Eq. 5, at φ^{t+1})?"""
+    comparisons = [
+        ("optimizer lookahead beats SGD lookahead", "meta_adpt_lookahead_optimizer", "meta_adpt"),
+        ("+meta adpt beats adapters on their own meta text", "meta_adpt", "adapters_on_own_meta_text"),
+        ("recomputed θ gradient beats the lookahead's", "meta_adpt", "meta_adpt_theta_lookahead"),
+        ("recomputed θ gradient beats the lookahead's (optimizer lookahead)", "meta_adpt_lookahead_optimizer",
+         "meta_adpt_lookahead_optimizer_theta_lookahead"),
+    ]  # fmt: skip
+    claims = []
+    for text, better, worse in comparisons:
+        claims += [Claim(f"{text} ({setting.replace('_', '-')})", better, worse, task, setting, language, "f1")
+                   for task in FINE_TUNING_TASKS for setting in ("within", "zero_shot")]  # fmt: skip
+        claims.append(Claim(f"{text} (perplexity)", better, worse, "pretrain", "", language, "perplexity",
+                            lower_is_better=True))  # fmt: skip
+    return claims
+
 def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
     """A downstream claim says nothing while pretrained models do not beat random init on that task and setting
     (zero-shot transfer can be absent where within-language fine-tuning gains): its verdict becomes inconclusive
@@ -609,7 +630,7 @@ def build_study_report(study: StudySpec, language: str = "sw", notes: str = "") 
     results_dir.mkdir(parents=True, exist_ok=True)
     rows = result_rows(study) + early_loss_rows(study) + diagnostic_rows(study)
     write_results_csv(rows, results_dir / "results.csv")
-    claims = claims_in_study(paper_claims(language), study)
+    claims = claims_in_study(paper_claims(language) + meta_step_claims(language), study)
     verdicts = gate_on_pretraining([verdict(claim, rows) for claim in claims])
     treatments = treatment_answers(gate_on_pretraining(treatment_verdicts(study, rows, language)))
     if verdicts or treatments:
