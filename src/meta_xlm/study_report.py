@@ -210,7 +210,6 @@ def paper_claims(language: str, reference: str = "en") -> list[Claim]:
     return claims
 
 
-
 def meta_step_claims(language: str) -> list[Claim]:
     """The open meta issues' questions as comparisons of small_en_sw_converged.yaml's meta rows: does θ's own
     optimizer as the lookahead beat Eq. 3's SGD step, is +meta adpt more than adapters trained on their language's
@@ -230,6 +229,7 @@ def meta_step_claims(language: str) -> list[Claim]:
         claims.append(Claim(f"{text} (perplexity)", better, worse, "pretrain", "", language, "perplexity",
                             lower_is_better=True))  # fmt: skip
     return claims
+
 
 def gate_on_pretraining(verdicts: list[dict]) -> list[dict]:
     """A downstream claim says nothing while pretrained models do not beat random init on that task and setting
