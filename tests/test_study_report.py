@@ -456,6 +456,39 @@ def test_a_kept_model_is_the_run_in_half_precision_and_loads_in_float32(tmp_path
     assert sum(key in encoder for key in kept.state_dict()) == len(encoder)
 
 
+def test_a_kept_model_over_the_shard_size_is_split_loads_whole_and_keeps_again_to_the_same_bytes(tmp_path, monkeypatch):
+    import hashlib
+
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    from meta_xlm import MetaXLMConfig, MetaXLMForMaskedLM
+    from meta_xlm import study as study_module
+
+    torch.manual_seed(0)
+    config = MetaXLMConfig(vocab_size=101, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=29, languages=["en", "sw", "te"], language_modules="adapters")  # fmt: skip
+    MetaXLMForMaskedLM(config).save_pretrained(tmp_path / "run")
+    single = study_module.keep_pretrained_model(tmp_path / "run", tmp_path / "whole")
+    # one file: the digest is that file's, as in the records written before shards
+    assert single == hashlib.sha256((tmp_path / "whole" / "model.safetensors").read_bytes()).hexdigest()
+
+    monkeypatch.setattr(study_module, "KEPT_SHARD_BYTES", 8_000)
+    digest = study_module.keep_pretrained_model(tmp_path / "run", tmp_path / "kept")
+    shards = study_module.weight_files(tmp_path / "kept")
+    assert len(shards) > 2 and not (tmp_path / "kept" / "model.safetensors").exists()
+    largest_tensor = max(p.numel() * 2 for p in MetaXLMForMaskedLM(config).state_dict().values())
+    assert all(path.stat().st_size <= max(8_000, largest_tensor) + 4_096 for path in shards)  # + the header
+    # from_pretrained reads the shards through the index: the same model as the one-file copy
+    whole = AutoModelForMaskedLM.from_pretrained(tmp_path / "whole").state_dict()
+    split = AutoModelForMaskedLM.from_pretrained(tmp_path / "kept").state_dict()
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+    # a kept folder kept again (to re-split a model kept before shards): the same files, the same digest
+    assert study_module.keep_pretrained_model(tmp_path / "kept", tmp_path / "again") == digest
+    monkeypatch.setattr(study_module, "KEPT_SHARD_BYTES", 10**9)
+    assert study_module.keep_pretrained_model(tmp_path / "kept", tmp_path / "joined") == single
+
+
 def test_a_verdict_whose_cells_are_missing_has_not_changed():
     from meta_xlm.study_report import changed_verdicts
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub.constants import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from safetensors.torch import load_file, save_file
 
 from meta_xlm.analysis.report import read_log_history
@@ -101,8 +103,9 @@ class StudySpec:
     # the cells' records (committed; default <results_dir>/cells). Two study files that share runs_dir share it too.
     records_dir: str | None = None
     # Keep each pretraining cell's final model (half-precision weights, config, tokenizer: ~1.6 MB at the small
-    # studies' size) under <results_dir>/models/<row>/seed<N>, committed with the records; every fine-tuning cell
-    # reads that copy, so a fresh clone re-fine-tunes any row without pretraining it again (keep_pretrained_model).
+    # studies' size, 2.8 MB with seven languages' adapters, every file under 2 MB) under
+    # <results_dir>/models/<row>/seed<N>, committed with the records; every fine-tuning cell reads that copy, so a
+    # fresh clone re-fine-tunes any row without pretraining it again (keep_pretrained_model).
     keep_models: bool = False
     # results_dir of an earlier study of the same rows whose numbers and verdicts the report sets beside these
     # (e.g. the same grid fine-tuned under another protocol)
@@ -281,28 +284,50 @@ def kept_model_folder(study: StudySpec, run_name: str, seed: int) -> Path:
 
 
 KEPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "perplexity.json")
+# The repository takes files up to 2 MB: kept weights above this many bytes are split into shards (model-0000N-of-
+# 0000M.safetensors + model.safetensors.index.json, which from_pretrained reads as it reads any sharded checkpoint).
+# A seven-language model with adapters is 2.5 MB in half precision; the largest tensor (the embeddings) is ~1 MB.
+KEPT_SHARD_BYTES = 1_500_000
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model folder, one file or the shards its index names, in order."""
+    index = folder / SAFETENSORS_INDEX_FILE
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [folder / SAFETENSORS_SINGLE_FILE]
 
 
 def keep_pretrained_model(source: Path, target: Path) -> str:
     """Copy what fine-tuning needs of a pretrained model folder to `target`: its config and tokenizer files and
     its weights in half precision (float16: 10 mantissa bits, the weights of these models are O(0.01-1), so the
-    rounding is ~1e-4 relative and half the size of float32). Written to a temporary folder, then renamed, so
-    `target` is either whole or absent. Returns the SHA-256 of the kept weights file (recorded with the cell).
+    rounding is ~1e-4 relative and half the size of float32), in shards of at most KEPT_SHARD_BYTES. Written to a
+    temporary folder, then renamed, so `target` is either whole or absent. Returns the SHA-256 of the kept weights
+    files' bytes in order (recorded with the cell; of model.safetensors itself when there is one file).
 
     from_pretrained loads the kept model in float32 (config.json keeps the run's dtype), so a fine-tuning cell
-    trains exactly as it would from the float32 original rounded to float16."""
+    trains exactly as it would from the float32 original rounded to float16. A kept folder is a valid `source`:
+    keeping it again gives the same tensors (e.g. to re-split a model kept before shards)."""
     temporary = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     for name in KEPT_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, temporary / name)
-    weights = load_file(source / "model.safetensors")
+    weights = {key: value for path in weight_files(source) for key, value in load_file(path).items()}
     half = {key: value.half() if value.is_floating_point() else value for key, value in weights.items()}
-    save_file(half, temporary / "model.safetensors", metadata={"format": "pt"})
+    split = split_torch_state_dict_into_shards(half, max_shard_size=KEPT_SHARD_BYTES)
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({key: half[key] for key in keys}, temporary / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (temporary / SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(temporary, target)
-    return hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for path in weight_files(target):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def pretrained_model(study: StudySpec, model: ModelSpec, seed: int, checkpoints: bool = False) -> Path:
