@@ -218,17 +218,21 @@ def trainable_parameter_groups(model: nn.Module) -> ParameterGroups:
     )
 
 
-def _check_languages(groups: ParameterGroups, language: str, meta_weights: Mapping[str, float],
-                     val_batches: Mapping[str, Batch]) -> None:
+def _checked_meta_weights(groups: ParameterGroups, language: str, meta_weights: Mapping[str, float] | None,
+                          val_batches: Mapping[str, Batch]) -> Mapping[str, float]:
+    """The meta objective's weights (default: uniform over every language with trainable φ), once language i has
+    trainable φ_i and every weighted language a validation batch."""
     if language not in groups.languages or not groups.languages[language]:
         raise ValueError(
             f"language {language!r} has no trainable language-specific parameters in this model "
             f"(languages with parameters: {[c for c, p in groups.languages.items() if p]})"
         )
+    if meta_weights is None:
+        meta_weights = uniform_meta_objective([code for code, params in groups.languages.items() if params])
     missing = [code for code in meta_weights if code not in val_batches]
     if missing:
         raise ValueError(f"the meta objective needs a validation batch for every language; missing: {missing}")
-
+    return meta_weights
 
 
 @dataclass
@@ -287,13 +291,10 @@ def meta_step_gradients(
     term = higher_order_term(method, fd_epsilon)
     groups = trainable_parameter_groups(model) if groups is None else groups
     lookahead = SGDLookahead(lookahead_lr) if lookahead is None else lookahead
-    if meta_weights is None:
-        meta_weights = uniform_meta_objective([code for code, params in groups.languages.items() if params])
-    _check_languages(groups, language, meta_weights, val_batches)
+    meta_weights = _checked_meta_weights(groups, language, meta_weights, val_batches)
     shared, language_params = groups.shared, groups.languages[language]
     train_num_items = count_labels(train_batches) if train_num_items is None else train_num_items
-    if val_num_items is None:
-        val_num_items = {code: count_labels([val_batches[code]]) for code in meta_weights}
+    val_num_items = val_num_items or {code: count_labels([val_batches[code]]) for code in meta_weights}
     seeds = torch.randint(2**62, (len(train_batches),)).tolist() if seeds is None else seeds
 
     # ∇_θ L_train^i(θ, φ_i), the lookahead's pass; what the higher-order term needs of it rides along

@@ -283,7 +283,134 @@ def allow_a_compiled_graph_per_language(num_languages: int) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * num_languages + 2)
 
 
-class MetaXLMTrainer(Trainer):
+class MetaLearningMixin:
+    """What meta learning (`meta_learning=True`) adds to the Trainer: θ's optimizer without φ, φ's own optimizer
+    and schedule, and the hypergradient of one optimizer step (`compute_meta_step`, which `MetaStep` calls). Mixed
+    into `MetaXLMTrainer`, which sets `meta_groups`, `meta_optimizer`, `meta_lr_scheduler` and sums across processes
+    (`_all_reduce_sum`); without meta learning every method is the Trainer's."""
+
+    @property
+    def meta_learning(self) -> bool:
+        return isinstance(self.args, MetaXLMTrainingArguments) and self.args.meta_learning
+
+    def _check_meta_setup(self) -> None:
+        if self.accelerator.mixed_precision == "fp16":
+            raise ValueError(
+                "meta_learning=True does not support fp16 mixed precision (accelerate mixed_precision='fp16'): the "
+                "meta step's gradients bypass the GradScaler; use bf16"
+            )
+        if self.optimizer is not None or self.lr_scheduler is not None:
+            raise ValueError(
+                "meta_learning=True builds θ's optimizer (without φ) and φ's optimizer itself: pass `optim` / "
+                "`optim_args` in the training arguments or `optimizer_cls_and_kwargs=`, not `optimizers=(...)`"
+            )
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """θ's optimizer as the Trainer builds it, minus every language-specific parameter (meta_learning), plus
+        φ's optimizer (`create_meta_optimizer`)."""
+        optimizer = super().create_optimizer(model)
+        if not self.meta_learning or self.meta_optimizer is not None:
+            return optimizer
+        language_ids = {id(p) for params in self.meta_groups.languages.values() for p in params.values()}
+        for group in optimizer.param_groups:  # no step has run: the state is empty, so regrouping is safe
+            group["params"] = [p for p in group["params"] if id(p) not in language_ids]
+        if self.args.lookahead == "optimizer":  # refuse an optimizer it cannot reproduce now, not at the first step
+            adamw_states(optimizer, self.meta_groups.shared)
+        self.meta_optimizer = self.create_meta_optimizer()
+        return optimizer
+
+    def create_meta_optimizer(self) -> torch.optim.Optimizer:
+        """φ's optimizer: the class and settings `optim` / `optim_args` (or `optimizer_cls_and_kwargs`) give θ's,
+        AdamW by default, with rate α = `meta_learning_rate` and weight decay as θ's parameter groups have it."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, unwrapped)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(
+                f"optim={self.args.optim!r} builds its own parameter set; meta_learning=True needs an optimizer "
+                "class that takes parameter groups (e.g. adamw_torch, sgd, adafactor)"
+            )
+        decay_names = set(self.get_decay_parameter_names(unwrapped))
+        named = [(n, p) for params in self.meta_groups.languages.values() for n, p in params.items()]
+        groups = [
+            {"params": [p for n, p in named if n in decay_names], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
+        ]
+        return optimizer_cls(groups, **{**optimizer_kwargs, "lr": self.args.meta_lr})
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        creating = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.meta_learning and creating:
+            self.meta_lr_scheduler = get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=self.meta_optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+        return scheduler
+
+    def _batch_language(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
+        languages = self.accelerator.unwrap_model(model=self.model).config.languages
+        for batch in batches:
+            if "lang_ids" not in batch:
+                raise ValueError(f"a training batch has no 'lang_ids' (keys: {sorted(batch)}); the meta step "
+                                 "needs the language of every batch")
+        ids = torch.cat([batch["lang_ids"].reshape(-1) for batch in batches]).unique().tolist()  # one host read
+        if len(ids) != 1:
+            raise ValueError(f"the meta step needs single-language optimizer steps, got languages "
+                             f"{sorted(languages[i] for i in ids)}: train with LanguageBatchSampler")
+        return languages[ids[0]]
+
+    def _count_all(self, count: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce_sum(torch.as_tensor(count, device=self.args.device))
+
+    def compute_meta_step(self, model, batches: list, val_batches: Mapping[str, Mapping[str, torch.Tensor]],
+                          language: str, **options) -> MetaGradients:
+        """The hypergradient of one optimizer step (`meta_step_gradients` on the unwrapped model, `options` passed
+        on). One loss normalisation for every process layout and `average_tokens_across_devices` setting: every
+        loss is sum(CE) / its global label count and processes sum their shares, so the result equals one process
+        over the global batches."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped.train()
+        options.setdefault("train_num_items", self._count_all(count_labels(batches)))
+        lookahead = self.make_lookahead()
+        with self.compute_loss_context_manager(), self.accelerator.autocast():
+            return meta_step_gradients(
+                unwrapped, batches, val_batches, language,
+                lookahead_lr=lookahead.rate,
+                lookahead=lookahead,
+                objective_precision=self._objective_precision(unwrapped),
+                method=self.args.hypergradient,
+                fd_epsilon=self.args.fd_epsilon,
+                val_num_items={code: self._count_all(count_labels([b])) for code, b in val_batches.items()},
+                all_reduce_sum=self._all_reduce_sum,
+                groups=self.meta_groups,
+                keep_theta_gradient=self.args.theta_gradient == "lookahead",
+                **options,
+            )
+
+    def make_lookahead(self) -> SGDLookahead | PreconditionedLookahead:
+        """This step's θ' (Eq. 3, or θ's own AdamW step). Built during the step's first micro-batch: the scheduler has
+        set the step's lr and θ's optimizer has not stepped, so its state and lr are those the θ step will use."""
+        rate = self.args.lookahead_lr
+        if self.args.lookahead == "sgd":  # β = θ's current learning rate unless lookahead_lr sets it (Eq. 3 and 5)
+            return SGDLookahead(self._get_learning_rate() if rate is None else rate)
+        return PreconditionedLookahead(make_lookahead("optimizer", rate, self.optimizer, self.meta_groups.shared))
+
+    def _objective_precision(self, model):
+        """float32 for the meta objective under bf16 autocast: autocast casts θ' to bf16 per matmul, which rounds
+        the lookahead's shift (~β·g, 1e-8–1e-6 per weight) away, so M would be read at θ (`lookahead.full_precision`;
+        about one float32 forward/backward instead of a bf16 one, for the meta objective's batches only)."""
+        if self.args.meta_full_precision and self.accelerator.mixed_precision in ("bf16", "fp16"):
+            return functools.partial(full_precision_forward, model, self.args.device.type)
+        return contextlib.nullcontext
+
+
+class MetaXLMTrainer(MetaLearningMixin, Trainer):
     """Trainer for every MetaXLM pretraining variant; `meta_learning=True` adds Algorithm 1's meta step.
 
     Args (beyond `Trainer`'s):
@@ -343,23 +470,6 @@ class MetaXLMTrainer(Trainer):
         if names:
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
 
-    @property
-    def meta_learning(self) -> bool:
-        return isinstance(self.args, MetaXLMTrainingArguments) and self.args.meta_learning
-
-    # ------------------------------------------------------------------------------------------------ setup
-    def _check_meta_setup(self) -> None:
-        if self.accelerator.mixed_precision == "fp16":
-            raise ValueError(
-                "meta_learning=True does not support fp16 mixed precision (accelerate mixed_precision='fp16'): the "
-                "meta step's gradients bypass the GradScaler; use bf16"
-            )
-        if self.optimizer is not None or self.lr_scheduler is not None:
-            raise ValueError(
-                "meta_learning=True builds θ's optimizer (without φ) and φ's optimizer itself: pass `optim` / "
-                "`optim_args` in the training arguments or `optimizer_cls_and_kwargs=`, not `optimizers=(...)`"
-            )
-
     def get_train_dataloader(self) -> DataLoader:
         if not self.meta_learning and self.language_sampling_probs is None and not self.language_balanced_steps:
             return super().get_train_dataloader()
@@ -389,54 +499,6 @@ class MetaXLMTrainer(Trainer):
         )
         return self.accelerator.prepare(loader)
 
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """θ's optimizer as the Trainer builds it, minus every language-specific parameter (meta_learning), plus
-        φ's optimizer (`create_meta_optimizer`)."""
-        optimizer = super().create_optimizer(model)
-        if not self.meta_learning or self.meta_optimizer is not None:
-            return optimizer
-        language_ids = {id(p) for params in self.meta_groups.languages.values() for p in params.values()}
-        for group in optimizer.param_groups:  # no step has run: the state is empty, so regrouping is safe
-            group["params"] = [p for p in group["params"] if id(p) not in language_ids]
-        if self.args.lookahead == "optimizer":  # refuse an optimizer it cannot reproduce now, not at the first step
-            adamw_states(optimizer, self.meta_groups.shared)
-        self.meta_optimizer = self.create_meta_optimizer()
-        return optimizer
-
-    def create_meta_optimizer(self) -> torch.optim.Optimizer:
-        """φ's optimizer: the class and settings `optim` / `optim_args` (or `optimizer_cls_and_kwargs`) give θ's,
-        AdamW by default, with rate α = `meta_learning_rate` and weight decay as θ's parameter groups have it."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, unwrapped)
-        if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-            raise ValueError(
-                f"optim={self.args.optim!r} builds its own parameter set; meta_learning=True needs an optimizer "
-                "class that takes parameter groups (e.g. adamw_torch, sgd, adafactor)"
-            )
-        decay_names = set(self.get_decay_parameter_names(unwrapped))
-        named = [(n, p) for params in self.meta_groups.languages.values() for n, p in params.items()]
-        groups = [
-            {"params": [p for n, p in named if n in decay_names], "weight_decay": self.args.weight_decay},
-            {"params": [p for n, p in named if n not in decay_names], "weight_decay": 0.0},
-        ]
-        return optimizer_cls(groups, **{**optimizer_kwargs, "lr": self.args.meta_lr})
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        creating = self.lr_scheduler is None
-        scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if self.meta_learning and creating:
-            self.meta_lr_scheduler = get_scheduler(
-                self.args.lr_scheduler_type,
-                optimizer=self.meta_optimizer,
-                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
-            )
-        return scheduler
-
     # ------------------------------------------------------------------------------------------------ steps
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -449,64 +511,8 @@ class MetaXLMTrainer(Trainer):
         meta (Algorithm 1) or language-balanced. The Trainer then clips and steps θ's optimizer."""
         return self.optimizer_step.micro_batch(model, inputs, num_items_in_batch)
 
-    def _batch_language(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> str:
-        languages = self.accelerator.unwrap_model(model=self.model).config.languages
-        for batch in batches:
-            if "lang_ids" not in batch:
-                raise ValueError(f"a training batch has no 'lang_ids' (keys: {sorted(batch)}); the meta step "
-                                 "needs the language of every batch")
-        ids = torch.cat([batch["lang_ids"].reshape(-1) for batch in batches]).unique().tolist()  # one host read
-        if len(ids) != 1:
-            raise ValueError(f"the meta step needs single-language optimizer steps, got languages "
-                             f"{sorted(languages[i] for i in ids)}: train with LanguageBatchSampler")
-        return languages[ids[0]]
-
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum") if self.args.world_size > 1 else tensor
-
-    def _count_all(self, count: torch.Tensor) -> torch.Tensor:
-        return self._all_reduce_sum(torch.as_tensor(count, device=self.args.device))
-
-    def compute_meta_step(self, model, batches: list, val_batches: Mapping[str, Mapping[str, torch.Tensor]],
-                          language: str, **options) -> MetaGradients:
-        """The hypergradient of one optimizer step (`meta_step_gradients` on the unwrapped model, `options` passed
-        on). One loss normalisation for every process layout and `average_tokens_across_devices` setting: every
-        loss is sum(CE) / its global label count and processes sum their shares, so the result equals one process
-        over the global batches."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        unwrapped.train()
-        options.setdefault("train_num_items", self._count_all(count_labels(batches)))
-        lookahead = self.make_lookahead()
-        with self.compute_loss_context_manager(), self.accelerator.autocast():
-            return meta_step_gradients(
-                unwrapped, batches, val_batches, language,
-                lookahead_lr=lookahead.rate,
-                lookahead=lookahead,
-                objective_precision=self._objective_precision(unwrapped),
-                method=self.args.hypergradient,
-                fd_epsilon=self.args.fd_epsilon,
-                val_num_items={code: self._count_all(count_labels([b])) for code, b in val_batches.items()},
-                all_reduce_sum=self._all_reduce_sum,
-                groups=self.meta_groups,
-                keep_theta_gradient=self.args.theta_gradient == "lookahead",
-                **options,
-            )
-
-    def make_lookahead(self) -> SGDLookahead | PreconditionedLookahead:
-        """This step's θ' (Eq. 3, or θ's own AdamW step). Built during the step's first micro-batch: the scheduler has
-        set the step's lr and θ's optimizer has not stepped, so its state and lr are those the θ step will use."""
-        rate = self.args.lookahead_lr
-        if self.args.lookahead == "sgd":  # β = θ's current learning rate unless lookahead_lr sets it (Eq. 3 and 5)
-            return SGDLookahead(self._get_learning_rate() if rate is None else rate)
-        return PreconditionedLookahead(make_lookahead("optimizer", rate, self.optimizer, self.meta_groups.shared))
-
-    def _objective_precision(self, model):
-        """float32 for the meta objective under bf16 autocast: autocast casts θ' to bf16 per matmul, which rounds
-        the lookahead's shift (~β·g, 1e-8–1e-6 per weight) away, so M would be read at θ (`lookahead.full_precision`;
-        about one float32 forward/backward instead of a bf16 one, for the meta objective's batches only)."""
-        if self.args.meta_full_precision and self.accelerator.mixed_precision in ("bf16", "fp16"):
-            return functools.partial(full_precision_forward, model, self.args.device.type)
-        return contextlib.nullcontext
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: the step object's diagnostics since the last one
