@@ -41,10 +41,10 @@ from meta_xlm.cpu_allocator import reuse_freed_memory_when_on
 from meta_xlm.data import (
     MLMCollator,
     build_blocks,
+    characters_per_token,
     check_special_token_ids,
-    hold_out_meta_validation,
     load_corpora,
-    split_corpora,
+    pretraining_splits,
     train_shared_tokenizer,
 )
 from meta_xlm.hub import push_to_hub
@@ -256,13 +256,9 @@ def main(argv: list[str]) -> None:
             hub_config_template=data_args.hub_config_template,
             cache_dir=data_args.data_cache_dir,
         )
-        meta_validation_sentences = None
-        if training_args.meta_learning:
-            corpora, meta_validation_sentences = hold_out_meta_validation(
-                corpora, data_args.meta_validation_sentences, seed
-            )
-        train_sentences, validation_sentences = split_corpora(
-            corpora, data_args.validation_sentences, subsample, seed
+        train_sentences, validation_sentences, meta_validation_sentences = pretraining_splits(
+            corpora, data_args.validation_sentences, subsample, seed,
+            data_args.meta_validation_sentences if training_args.meta_learning else None,
         )
         tokenizer = build_tokenizer(tokenizer_args, train_sentences, training_args, resume)
         data = build_blocks(
@@ -345,6 +341,10 @@ def main(argv: list[str]) -> None:
             yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
         )
         (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
+        # the scale that makes the perplexities of runs with different tokenizers comparable (bits per character)
+        (output_dir / "characters_per_token.json").write_text(
+            json.dumps(characters_per_token(tokenizer, validation_sentences), indent=2), encoding="utf-8"
+        )
         write_model_card(
             output_dir,
             model_id=publish["repo_id"] if publish else None,

@@ -3,6 +3,7 @@
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --report_only true
     python recipes/study.py --study recipes/configs/study/small_en_sw.yaml --check true   # validate, run nothing
+    python recipes/study.py --study ... --measure_characters_per_token true   # complete records from before it
 
 Each cell (a pretraining run, a fine-tuning run, a gradient analysis) runs one of the package's recipes and is
 recorded complete atomically (a small JSON record under the study's records_dir, committed with the results);
@@ -22,9 +23,14 @@ from pathlib import Path
 
 import yaml
 
-from meta_xlm.cli import parse_config_and_args
-from meta_xlm.study import RECIPES, StudySpec, load_study, pretrain_config, run_study
-from meta_xlm.study_report import build_study_report
+from transformers import AutoTokenizer
+
+from meta_xlm.cli import corpus_paths, parse_config_and_args
+from meta_xlm.data import characters_per_token, load_corpora, pretraining_splits
+from meta_xlm.study import (
+    RECIPES, StudySpec, load_study, pretrain_config, pretrained_model, record_path, run_study, write_record,
+)
+from meta_xlm.study_report import build_study_report, pretrain_records
 
 logger = logging.getLogger("study")
 
@@ -39,28 +45,70 @@ class StudyArguments:
     check: bool = field(
         default=False, metadata={"help": "only check the study file: every row's pretraining config must parse"}
     )
+    measure_characters_per_token: bool = field(
+        default=False,
+        metadata={"help": "only add characters per token (the scale of bits per character) to pretraining records "
+                          "written before pretraining measured it, then rebuild the report"},
+    )
+
+
+def pretrain_recipe():
+    """recipes/pretrain.py as a module: its argument classes and cross-field rules."""
+    spec = importlib.util.spec_from_file_location("study_pretrain_recipe", RECIPES / "pretrain.py")
+    pretrain = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(pretrain)  # registered first: its dataclasses look their module up
+    return pretrain
+
+
+def parse_pretrain_config(pretrain, config: dict, folder: Path, name: str):
+    """(data_args, training_args) of a pretraining config as recipes/pretrain.py parses it (defaults resolved)."""
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    data_args, _, _, _, training_args = parse_config_and_args(pretrain.ARGUMENT_CLASSES, ["--config", str(path)])
+    return data_args, training_args
 
 
 def check_pretrain_rows(study: StudySpec) -> None:
     """Parse every row's pretraining config (its YAML + overrides, first seed) with recipes/pretrain.py's own
     argument classes and cross-field rules, so a misspelt field, a bad value (e.g. gradient_surgery: foo) or a
     missing companion field (meta_learning without meta_validation_sentences) fails now, not hours in."""
-    spec = importlib.util.spec_from_file_location("study_pretrain_recipe", RECIPES / "pretrain.py")
-    pretrain = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(pretrain)  # registered first: its dataclasses look their module up
+    pretrain = pretrain_recipe()
     with tempfile.TemporaryDirectory() as folder:
         for model in study.models:
-            path = Path(folder) / f"{model.name}.yaml"
             config = pretrain_config(model, model.seeds[0], Path(folder) / model.name)
-            path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             try:
-                data_args, _, _, _, training_args = parse_config_and_args(
-                    pretrain.ARGUMENT_CLASSES, ["--config", str(path)]
-                )
+                data_args, training_args = parse_pretrain_config(pretrain, config, folder, model.name)
                 pretrain.check_field_combinations(data_args, training_args)
             except (ValueError, SystemExit) as error:
                 raise ValueError(f"{study.name}: model {model.name!r}: {error}") from None
             check_task_languages(study, model, data_args.languages)
+
+
+def measure_characters_per_token(study: StudySpec) -> int:
+    """Add `characters_per_token` to every pretraining record written before recipes/pretrain.py measured it:
+    the run's validation sentences, split again from its recorded config as the recipe split them
+    (`pretraining_splits`), cut by its own tokenizer (the kept model's, or the run folder's). Returns how many
+    records it completed."""
+    pretrain, completed = pretrain_recipe(), 0
+    with tempfile.TemporaryDirectory() as folder:
+        for model, seed, record in pretrain_records(study):
+            if "characters_per_token" in record:
+                continue
+            data_args, training_args = parse_pretrain_config(pretrain, record["config"], folder, model.name)
+            corpora = load_corpora(data_args.languages, corpus_paths=corpus_paths(data_args.corpus_files),
+                                   text_dir=data_args.text_dir, hub_dataset=data_args.hub_dataset,
+                                   hub_config_template=data_args.hub_config_template)  # fmt: skip
+            _, validation, _ = pretraining_splits(
+                corpora, data_args.validation_sentences, pretrain.subsample_sizes(data_args.subsample),
+                training_args.seed + data_args.data_seed_offset,
+                data_args.meta_validation_sentences if training_args.meta_learning else None,
+            )
+            tokenizer = AutoTokenizer.from_pretrained(pretrained_model(study, model, seed))
+            record["characters_per_token"] = characters_per_token(tokenizer, validation)
+            write_record(record_path(study, "pretrain", model.run_name, seed), record)
+            logger.info("%s seed %d: characters per token %s", model.name, seed, record["characters_per_token"])
+            completed += 1
+    return completed
 
 
 def check_task_languages(study: StudySpec, model, languages: list[str]) -> None:
@@ -84,7 +132,9 @@ def main(argv: list[str]) -> None:
         logger.info("%s: %d rows, every pretraining config parses", args.study, len(study.models))
         return
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
-    remaining = 0 if args.report_only else args.max_cells
+    if args.measure_characters_per_token:
+        logger.info("%d pretraining records completed with characters per token", measure_characters_per_token(study))
+    remaining = 0 if args.report_only or args.measure_characters_per_token else args.max_cells
     while (remaining is None or remaining > 0) and run_study(study, args.models or None, max_cells=1):
         build_study_report(study, notes=notes)  # after every cell: a partial study has an up-to-date report
         remaining = None if remaining is None else remaining - 1

@@ -139,3 +139,32 @@ def test_claim2_the_opposite_ordering_is_not_shown_and_two_languages_cannot_be_t
     assert [p["language"] for p in points if p["en-X cosine"] is None] == ["hi", "fr"]  # no gradient rows
     assert verdicts[0]["points"] == 2 and verdicts[0]["verdict"].startswith("cannot be tested: 2 language(s)")
 
+
+
+# ---------------------------------------------------------------------------------------------- claim 1, perplexity
+def test_the_curse_on_perplexity_is_judged_per_character_because_each_row_has_its_own_tokenizer(tmp_path):
+    """Mono-te's tokenizer packs 3 characters into a token where All-7's shared one packs 2: per token Mono-te's
+    perplexity is the higher (each token holds more to predict), per character it is the lower."""
+    from meta_xlm.study_report import curse_claims, result_rows, seven_language_verdicts
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, te]\n")
+    rows = {"random_init": (3000.0, 2.0), "mono_te": (200.0, 3.0), "all_7": (100.0, 2.0)}  # perplexity, chars/token
+    values = {"name": "seven", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": name, "config": str(config), "seeds": [0, 1, 2]} for name in rows],
+              "tasks": []}  # fmt: skip
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(values))
+    study = load_study(tmp_path / "study.yaml")
+    for model in study.models:
+        perplexity, ratio = rows[model.name]
+        for seed in model.seeds:
+            write_record(record_path(study, "pretrain", model.name, seed),
+                         {"kind": "pretrain", "steps": 10, "tokens_seen": {"te": 100}, "wall_time_s": 1.0,
+                          "perplexity": {"te": perplexity + seed}, "characters_per_token": {"te": ratio},
+                          "history": []})  # fmt: skip
+    verdicts = {entry["measure"]: entry for entry in seven_language_verdicts(study, result_rows(study), curse_claims)
+                if entry["claim"] == "Mono ≥ All-7" and entry["language"] == "te"}  # fmt: skip
+    assert verdicts["pretrain perplexity"]["verdict"] == "not reproduced (the opposite holds)"  # per token: 201 vs 101
+    per_character = verdicts["pretrain bits_per_character"]  # log2(201) / 3 = 2.55 against log2(101) / 2 = 3.33
+    assert per_character["verdict"] == "reproduced"
+    assert per_character["better"].startswith("2.55") and per_character["worse"].startswith("3.33")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -527,6 +528,46 @@ def split_corpora(
     return train, validation
 
 
+def pretraining_splits(
+    corpora: Mapping[str, Dataset],
+    validation_sentences: int,
+    subsample: Mapping[str, int] | None,
+    seed: int,
+    meta_validation_sentences: int | None = None,
+) -> tuple[dict[str, Dataset], dict[str, Dataset], dict[str, Dataset] | None]:
+    """(train, validation, meta_validation) as recipes/pretrain.py splits its corpora: the meta-validation split
+    first (meta learning only: `meta_validation_sentences` given), then the validation split that perplexity is
+    reported on, then the training text, subsampled. One function, so that a measurement made after the run (e.g.
+    `characters_per_token`) reads the very sentences the run was evaluated on."""
+    meta_validation = None
+    if meta_validation_sentences is not None:
+        corpora, meta_validation = hold_out_meta_validation(corpora, meta_validation_sentences, seed)
+    train, validation = split_corpora(corpora, validation_sentences, subsample, seed)
+    return train, validation, meta_validation
+
+
+def characters_per_token(tokenizer, sentences: Mapping[str, Dataset]) -> dict[str, float]:
+    """Per language, the characters of its sentences per token the tokenizer cuts them into (no special tokens).
+
+    The scale between a per-token loss and a per-character one: rows that learn their own vocabulary (as the
+    paper's models do) cut the same text into different tokens, and a tokenizer that packs more characters into
+    a token leaves each token more to predict, so per-token perplexities of two such rows do not compare; their
+    loss per character, loss_per_token / characters_per_token, does (`bits_per_character`)."""
+    ratios = {}
+    for language, dataset in sentences.items():
+        texts = list(dataset["text"])
+        tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        if tokens == 0:
+            raise ValueError(f"language {language!r}: {len(texts)} sentences tokenize to no token")
+        ratios[language] = sum(len(text) for text in texts) / tokens
+    return ratios
+
+
+def bits_per_character(perplexity: float, characters_per_token: float) -> float:
+    """A per-token perplexity as bits per character: log2(perplexity) / characters per token."""
+    return math.log2(perplexity) / characters_per_token
+
+
 def build_blocks(
     train: Mapping[str, Dataset],
     validation: Mapping[str, Dataset],
@@ -565,10 +606,13 @@ __all__ = [
     "CorpusError",
     "MLMCollator",
     "PretrainingData",
+    "bits_per_character",
     "build_blocks",
+    "characters_per_token",
     "check_special_token_ids",
     "corpus_fingerprint",
     "load_corpora",
+    "pretraining_splits",
     "load_hub_corpus",
     "load_language_corpus",
     "resolve_corpus_files",

@@ -244,9 +244,18 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
             language: round(state["global_step"] * tokens_per_step * p) for language, p in probabilities.items()
         },
         "perplexity": json.loads((folder / "perplexity.json").read_text(encoding="utf-8")),
+        **measured_characters_per_token(folder),
         "wall_time_s": round(wall_seconds, 1),
         "history": curve_history(read_log_history(folder)),
     }
+
+
+def measured_characters_per_token(folder: Path) -> dict:
+    """{"characters_per_token": {language: ratio}} of the run's validation text, as recipes/pretrain.py measured
+    it with the run's tokenizer (the scale of bits per character); {} for a run from before it was measured
+    (`recipes/study.py --measure_characters_per_token true` adds it to such a record)."""
+    path = folder / "characters_per_token.json"
+    return {"characters_per_token": json.loads(path.read_text(encoding="utf-8"))} if path.is_file() else {}
 
 
 CURVE_KEYS = ("_loss", "_perplexity")  # eval_<language>_loss / _perplexity: what perplexity_curve reads
@@ -283,7 +292,8 @@ def kept_model_folder(study: StudySpec, run_name: str, seed: int) -> Path:
     return Path(study.results_dir) / "models" / run_name / f"seed{seed}"
 
 
-KEPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "perplexity.json")
+KEPT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "perplexity.json",
+              "characters_per_token.json")  # fmt: skip
 # The repository takes files up to 2 MB: kept weights above this many bytes are split into shards (model-0000N-of-
 # 0000M.safetensors + model.safetensors.index.json, which from_pretrained reads as it reads any sharded checkpoint).
 # A seven-language model with adapters is 2.5 MB in half precision; the largest tensor (the embeddings) is ~1 MB.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_conflict_matrix, plot_conflict_scatter, plot_curves
 from meta_xlm.analysis.report import curve_rows, loss_curve, perplexity_curve
+from meta_xlm.data import bits_per_character
 from meta_xlm.study import DIAGNOSTIC_KEYS, ModelSpec, StudySpec, read_record, record_path
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 from meta_xlm.tasks.metrics import MAIN_METRIC
@@ -44,6 +45,10 @@ def result_rows(study: StudySpec) -> list[dict]:
         for language, value in pretrain["perplexity"].items():
             rows.append({**common, "task": "pretrain", "setting": "", "language": language,
                          "metric": "perplexity", "value": value})  # fmt: skip
+        for language, ratio in pretrain.get("characters_per_token", {}).items():  # comparable across tokenizers
+            rows.append({**common, "task": "pretrain", "setting": "", "language": language,
+                         "metric": "bits_per_character",
+                         "value": bits_per_character(pretrain["perplexity"][language], ratio)})  # fmt: skip
         for task in filter(model.fine_tunes, study.tasks):
             cell = read_record(record_path(study, "finetune", model.run_name, seed, task)) or {}
             converged = CONVERGED[cell.get("converged")]
@@ -104,8 +109,9 @@ class Summary:
     n: int
 
     def text(self) -> str:
-        # scores and perplexities read to one decimal; cosines and ratios (|mean| < 1) need three
-        digits = 1 if abs(self.mean) >= 1 else 3
+        # scores and perplexities read to one decimal; losses and bits per character (1-10) two; cosines and
+        # ratios (|mean| < 1) three
+        digits = 1 if abs(self.mean) >= 10 else 2 if abs(self.mean) >= 1 else 3
         mean = f"{self.mean:.{digits}f}"
         return f"{mean} ± {self.sd:.{digits}f} (n={self.n})" if self.n > 1 else f"{mean} (n=1)"
 
@@ -538,6 +544,10 @@ def table_sections(study: StudySpec, rows: Sequence[Mapping]) -> list[str]:
             sections.append(f"{title}\n\n{dict_table(task_table(study, rows, task.task, task.setting, metric))}")
     pretraining = task_table(study, rows, "pretrain", "", "perplexity")
     sections.append(f"### Final validation perplexity\n\n{dict_table(pretraining)}")
+    if any(row["metric"] == "bits_per_character" for row in rows):
+        per_character = task_table(study, rows, "pretrain", "", "bits_per_character")
+        sections.append("### Final validation bits per character (comparable across tokenizers)\n\n"
+                        f"{dict_table(per_character)}")
     for metric in sorted({r["metric"] for r in rows if (r["task"], r["setting"]) == ("pretrain", "training")}):
         measured = {r["model"] for r in rows if (r["setting"], r["metric"]) == ("training", metric)}
         table = [line for line in task_table(study, rows, "pretrain", "training", metric) if line["model"] in measured]
@@ -671,7 +681,7 @@ def within_measures(study: StudySpec, language: str) -> list[tuple[str, str, str
     validation perplexity."""
     measures = [(task.task, "within", "f1", False) for task in study.tasks
                 if task.setting == "within" and task.train_language == language and task.task in FINE_TUNING_TASKS]  # fmt: skip
-    return [*measures, ("pretrain", "", "perplexity", True)]
+    return [*measures, ("pretrain", "", "perplexity", True), ("pretrain", "", "bits_per_character", True)]
 
 
 def pretraining_tokens(study: StudySpec, model: str, language: str) -> str:
@@ -895,9 +905,11 @@ def conflict_figures(study: StudySpec, points: Sequence[Mapping], results_dir: P
 SEVEN_INTRO = (
     "Effect = mean(first) − mean(second) over seeds (sign flipped for perplexity), spread = its standard error; "
     "reproduced: effect > 2 spreads; each language's fine-tuning verdicts are gated on the best pretrained row "
-    "beating random init on that task in that language. Perplexities of rows with different languages come from "
-    "different tokenizers (same vocabulary size): per-token, so a loose comparison. Tokens: the language's "
-    "pretraining tokens of each side (mean over seeds).\n\n"
+    "beating random init on that task in that language. Each row learns its own tokenizer (same vocabulary size), "
+    "so per-token perplexities of rows with different languages do not compare (a coarser tokenizer leaves each "
+    "token more to predict); bits per character (log2 perplexity / the row's characters per token on the same "
+    "validation sentences) do, and decide the pretraining side of each claim. Tokens: the language's pretraining "
+    "tokens of each side (mean over seeds).\n\n"
 )
 
 

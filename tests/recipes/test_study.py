@@ -5,6 +5,7 @@ runs_dir) that must rebuild the same results without running anything."""
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,20 @@ def test_a_study_that_keeps_its_models_re_fine_tunes_a_fresh_clone_to_the_same_s
     assert run_study(study_file).count("cell: ") == 1
     again = json.loads(record_file.read_text())
     assert again["scores"] == record["scores"] and again["dev_curves"] == record["dev_curves"]
+
+    # characters per token, the scale of bits per character: measured by pretraining on its validation text, and
+    # measured again for a record from before that (the split redone from the recorded config, the kept tokenizer)
+    measured = pretrain["characters_per_token"]
+    assert set(measured) == {"en", "sw"} and all(1.0 < ratio < 10.0 for ratio in measured.values())
+    pretrain_file = results / "cells" / "pretrain" / "joint_pair" / "seed0.json"
+    pretrain_file.write_text(json.dumps({k: v for k, v in pretrain.items() if k != "characters_per_token"}))
+    command = [sys.executable, str(REPO_ROOT / "recipes" / "study.py"), "--study", str(study_file),
+               "--measure_characters_per_token", "true"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    assert completed.returncode == 0 and "cell: " not in completed.stderr, completed.stderr[-3000:]
+    assert json.loads(pretrain_file.read_text())["characters_per_token"] == measured
+    with (results / "results.csv").open() as handle:
+        bits = {row["language"]: float(row["value"]) for row in csv.DictReader(handle)
+                if row["model"] == "joint_pair" and row["metric"] == "bits_per_character"}  # fmt: skip
+    assert bits == pytest.approx({language: math.log2(pretrain["perplexity"][language]) / measured[language]
+                                  for language in measured})  # fmt: skip
