@@ -1,5 +1,6 @@
 """The seven-language study (issue 29): its study file, the text its pretraining reads, and claim 2's verdict."""
 
+import math
 import re
 from pathlib import Path
 
@@ -168,3 +169,37 @@ def test_the_curse_on_perplexity_is_judged_per_character_because_each_row_has_it
     per_character = verdicts["pretrain bits_per_character"]  # log2(201) / 3 = 2.55 against log2(101) / 2 = 3.33
     assert per_character["verdict"] == "reproduced"
     assert per_character["better"].startswith("2.55") and per_character["worse"].startswith("3.33")
+
+
+def test_fig2_draws_every_row_of_the_curse_in_perplexity_and_in_bits_per_character(tmp_path):
+    import csv
+
+    from meta_xlm.study_report import build_study_report
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, te]\n")
+    rows = {"mono_te": (200.0, 3.0), "joint_pair_en_te": (150.0, 2.5), "all_7": (100.0, 2.0)}
+    values = {"name": "seven", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": name, "config": str(config), "seeds": [0, 1]} for name in rows], "tasks": [],
+              "figures": {"perplexity_languages": ["te"]}}  # fmt: skip
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(values))
+    study = load_study(tmp_path / "study.yaml")
+    for model in study.models:
+        final, ratio = rows[model.name]
+        for seed in model.seeds:  # seed s adds 2s to every point: the figure shows the seeds' mean
+            history = [{"step": 10, "eval_te_perplexity": 2 * final + 2 * seed},
+                       {"step": 20, "eval_te_perplexity": final + 2 * seed}]  # fmt: skip
+            write_record(record_path(study, "pretrain", model.name, seed),
+                         {"kind": "pretrain", "steps": 20, "tokens_seen": {"te": 100}, "wall_time_s": 1.0,
+                          "perplexity": {"te": final + 2 * seed}, "characters_per_token": {"te": ratio},
+                          "history": history})  # fmt: skip
+    report = build_study_report(study).read_text(encoding="utf-8")
+    assert "fig2_perplexity_te.png" in report and "fig2_bits_per_character_te.png" in report
+    results = Path(study.results_dir)
+    with (results / "fig2_bits_per_character_te.csv").open() as handle:
+        bits = {(row["run"], int(row["step"])): float(row["bits per character"]) for row in csv.DictReader(handle)}
+    for model, (final, ratio) in rows.items():
+        expected = (math.log2(final) + math.log2(final + 2)) / 2 / ratio
+        assert bits[(model, 20)] == pytest.approx(expected)
+    with (results / "fig2_perplexity_te.csv").open() as handle:
+        assert {row["run"] for row in csv.DictReader(handle)} == set(rows)

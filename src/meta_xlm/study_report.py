@@ -476,18 +476,36 @@ def figure(curves: Mapping[str, list], results_dir: Path, stem: str, title: str,
     return f"![{title}]({stem}.png) ([data]({stem}.csv))"
 
 
+def bits_per_character_curve(study: StudySpec, model: str, language: str) -> list[tuple[int, float]]:
+    """The mean over seeds of a row's validation perplexity curve in bits per character (each seed's run keeps
+    one tokenizer, so one characters-per-token scale); empty without records that measured the scale."""
+    spec = study.model(model)
+    curves = []
+    for seed in spec.seeds:
+        record = read_record(record_path(study, "pretrain", spec.run_name, seed)) or {}
+        ratio = record.get("characters_per_token", {}).get(language)
+        if ratio and record.get("history") is not None:
+            points = perplexity_curve(record["history"], language)
+            curves.append((1, [(step, bits_per_character(value, ratio)) for step, value in points]))
+    return mean_curve(curves)
+
+
 def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
     """Fig. 2 (perplexity, Mono vs JointPair, per language), Fig. 3 (gradient cosine), Fig. 4c (early loss)."""
     lines = []
     names = [model.name for model in study.models]
     for language in study.figures.get("perplexity_languages", []):
+        models = [model for model in (f"mono_{language}", "joint_pair", f"joint_pair_en_{language}", SEVEN_ROW)
+                  if model in names]  # fmt: skip
         curves = {
             model: mean_curve(seed_curves(study, model, f"perplexity_{language}", lambda h: perplexity_curve(h, language)))
-            for model in (f"mono_{language}", "joint_pair")
-            if model in names
+            for model in models
         }
         title = f"Fig. 2: validation perplexity ({language})"
         lines.append(figure(curves, results_dir, f"fig2_perplexity_{language}", title, "perplexity", log_y=True))
+        curves = {model: bits_per_character_curve(study, model, language) for model in models}
+        title = f"Fig. 2: validation bits per character ({language})"  # comparable across tokenizers
+        lines.append(figure(curves, results_dir, f"fig2_bits_per_character_{language}", title, "bits per character"))
     curves = {}
     for model in study.gradients.get("models", []):
         spec = study.model(model)
