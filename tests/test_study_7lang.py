@@ -203,3 +203,31 @@ def test_fig2_draws_every_row_of_the_curse_in_perplexity_and_in_bits_per_charact
         assert bits[(model, 20)] == pytest.approx(expected)
     with (results / "fig2_perplexity_te.csv").open() as handle:
         assert {row["run"] for row in csv.DictReader(handle)} == set(rows)
+
+
+def test_claim4s_cost_is_cpu_time_per_timed_step_when_every_cell_has_it_else_wall_time(tmp_path):
+    """A pause (wall time only) must not move the ratio; a record from before CPU time was recorded makes both
+    rows fall back to wall time, so the two sides are always measured alike."""
+    from meta_xlm.study_report import meta_objective_verdicts
+
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("languages: [en, te]\n")
+    names = ["random_init", "all_7", "all_7_meta_adpt_k2", "all_7_meta_adpt_all"]
+    values = {"name": "seven", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": name, "config": str(config), "seeds": [0, 1]} for name in names], "tasks": []}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(values))
+    study = load_study(tmp_path / "study.yaml")
+    # all seven: 2 CPU s per step; k = 2: 1 CPU s per step over the 500 steps its resumed run took, 900 s paused
+    costs = {"all_7_meta_adpt_all": (2000.0, 2000.0, 1000), "all_7_meta_adpt_k2": (1400.0, 500.0, 500)}
+    for name, (wall, cpu, timed) in costs.items():
+        for seed in (0, 1):
+            write_record(record_path(study, "pretrain", name, seed),
+                         {"kind": "pretrain", "steps": 1000, "tokens_seen": {}, "perplexity": {"te": 9.0},
+                          "wall_time_s": wall, "cpu_time_s": cpu, "timed_steps": timed, "history": []})  # fmt: skip
+    _, cost = meta_objective_verdicts(study, [])
+    assert "2.00 s per step with all seven, 1.00 s with k = 2: ratio 2.00 (CPU time" in cost
+    path = record_path(study, "pretrain", "all_7_meta_adpt_k2", 1)
+    record = yaml.safe_load(path.read_text())
+    write_record(path, {key: value for key, value in record.items() if key not in ("cpu_time_s", "timed_steps")})
+    _, cost = meta_objective_verdicts(study, [])
+    assert "2.00 s per step with all seven, 1.40 s with k = 2: ratio 1.43 (wall time" in cost

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from huggingface_hub.constants import SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE
 from safetensors.torch import load_file, save_file
 
 from meta_xlm.analysis.report import read_log_history
+from meta_xlm.callbacks import latest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -181,19 +183,33 @@ def write_record(path: Path, summary: dict) -> None:
     os.replace(temporary, path)
 
 
-def run_recipe(script: str, config: dict, folder: Path, *extra: str) -> float:
-    """Write `config` as the cell's YAML, run recipes/<script> on it (log in the folder); return wall seconds."""
+@dataclass
+class RecipeCost:
+    """What one run of a recipe cost: wall seconds, and CPU seconds (user + system of the recipe's process and the
+    children it waited for), which leave out time the process was stopped (a study paused for CI) or waiting for a
+    core, so runs made beside other work compare when their thread counts are equal."""
+
+    wall_s: float
+    cpu_s: float
+
+
+def run_recipe(script: str, config: dict, folder: Path, *extra: str) -> RecipeCost:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "study_cell.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     command = [sys.executable, str(RECIPES / script), "--config", str(config_path), *extra]
     logger.info("$ %s", " ".join(command))
-    started = time.time()
+    started, cpu_started = time.time(), children_cpu_seconds()
     with (folder / "recipe.log").open("a", encoding="utf-8") as log:
         completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if completed.returncode != 0:
         raise RuntimeError(f"{script} failed (exit {completed.returncode}); see {folder / 'recipe.log'}")
-    return time.time() - started
+    return RecipeCost(time.time() - started, children_cpu_seconds() - cpu_started)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def pretrain_folder(study: StudySpec, run_name: str, seed: int) -> Path:
@@ -217,17 +233,21 @@ def run_pretrain_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     previous = folder / "study_cell.yaml"
     if previous.is_file() and yaml.safe_load(previous.read_text(encoding="utf-8")) != config:
         shutil.rmtree(folder)  # checkpoints of another configuration: start over rather than resume them
-    wall = run_recipe("pretrain.py", config, folder, "--resume_from_checkpoint", "latest")
-    summary = {**pretrain_summary(folder, config, wall), "config": config}
+    resumed = latest_complete_checkpoint(folder)  # the recipe resumes from it: this run times the steps after it
+    cost = run_recipe("pretrain.py", config, folder, "--resume_from_checkpoint", "latest")
+    summary = {**pretrain_summary(folder, config, cost, int(resumed.name.split("-")[-1]) if resumed else 0),
+               "config": config}  # fmt: skip
     if study.keep_models:
         kept = kept_model_folder(study, model.run_name, seed)
         summary["kept_model"] = {"folder": str(kept), "sha256": keep_pretrained_model(folder, kept)}
     return summary
 
 
-def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
+def pretrain_summary(folder: Path, config: dict, cost: RecipeCost, start_step: int = 0) -> dict:
     """Steps, validation perplexity, (expected) tokens seen per language and the loss and perplexity curves
-    (`history`) of a finished pretraining run.
+    (`history`) of a finished pretraining run, and what its last run of the recipe cost: `wall_time_s`,
+    `cpu_time_s` and `timed_steps`, the steps that run took from `start_step` (a resumed cell's earlier runs are
+    not timed; the cost per step is cpu_time_s / timed_steps).
 
     Tokens per language = steps × batch × block × p_lang, p_lang the recipe's logged sampling probability: each
     optimizer step is one language's batch (LanguageBatchSampler), drawn with p_lang.
@@ -245,7 +265,9 @@ def pretrain_summary(folder: Path, config: dict, wall_seconds: float) -> dict:
         },
         "perplexity": json.loads((folder / "perplexity.json").read_text(encoding="utf-8")),
         **measured_characters_per_token(folder),
-        "wall_time_s": round(wall_seconds, 1),
+        "wall_time_s": round(cost.wall_s, 1),
+        "cpu_time_s": round(cost.cpu_s, 1),
+        "timed_steps": state["global_step"] - start_step,
         "history": curve_history(read_log_history(folder)),
     }
 
@@ -384,7 +406,7 @@ def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskS
     folder = finetune_folder(study, model.run_name, seed, task)
     shutil.rmtree(folder, ignore_errors=True)
     config = finetune_config(study, model, seed, task)
-    wall = run_recipe("finetune.py", config, folder)
+    cost = run_recipe("finetune.py", config, folder)
     record = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     shutil.rmtree(folder / "grid", ignore_errors=True)  # fine-tuned checkpoints: large, and no longer needed
     best = {key: value for key, value in record["selection"]["best"].items() if key != "checkpoint"}
@@ -394,7 +416,8 @@ def run_finetune_cell(study: StudySpec, model: ModelSpec, seed: int, task: TaskS
         "selection": best,  # the selected grid point, its best epoch and the convergence test of its dev curve
         "converged": best["converged"],
         "dev_curves": record["selection"]["grid"],  # every grid point's dev score per epoch
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(cost.wall_s, 1),
+        "cpu_time_s": round(cost.cpu_s, 1),
         "config": config,
     }
 
@@ -418,10 +441,11 @@ def run_gradients_cell(study: StudySpec, model: ModelSpec, seed: int) -> dict:
     folder = gradients_folder(study, model.run_name, seed)
     shutil.rmtree(folder, ignore_errors=True)
     config = gradients_config(study, model, seed)
-    wall = run_recipe("analyze_gradients.py", config, folder)
+    cost = run_recipe("analyze_gradients.py", config, folder)
     with (folder / "gradient_conflict.csv").open(encoding="utf-8") as handle:
         rows = [{**row, "step": int(row["step"]), "cosine": float(row["cosine"])} for row in csv.DictReader(handle)]
-    return {"kind": "gradients", "rows": rows, "wall_time_s": round(wall, 1), "config": config}
+    return {"kind": "gradients", "rows": rows, "wall_time_s": round(cost.wall_s, 1), "cpu_time_s": round(cost.cpu_s, 1),
+            "config": config}  # fmt: skip
 
 
 def cells(study: StudySpec, only_models: list[str] | None = None):

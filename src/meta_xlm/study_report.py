@@ -863,11 +863,24 @@ META_ANSWERS = {  # all seven (first) vs k = 2 (second): is the sampled objectiv
 }
 
 
-def seconds_per_step(study: StudySpec, model: str) -> float | None:
-    """Mean over recorded seeds of the pretraining cell's wall time per optimizer step (data preparation and the
-    final evaluation included: the same for every All-7 row)."""
-    values = [r["wall_time_s"] / r["steps"] for spec, _, r in pretrain_records(study) if spec.name == model and r["steps"]]
+CLOCKS = {"cpu": ("cpu_time_s", "timed_steps"), "wall": ("wall_time_s", "steps")}
+
+
+def seconds_per_step(study: StudySpec, model: str, clock: str = "wall") -> float | None:
+    """Mean over recorded seeds of the pretraining cell's seconds per optimizer step (data preparation and the
+    final evaluation included: the same for every All-7 row). "cpu": CPU seconds of the cell's last run of the
+    recipe over the steps it took (pauses and waits for a core left out); "wall": wall seconds over all steps."""
+    time_key, steps_key = CLOCKS[clock]
+    values = [r[time_key] / r[steps_key] for spec, _, r in pretrain_records(study)
+              if spec.name == model and r.get(steps_key) and time_key in r]  # fmt: skip
     return statistics.fmean(values) if values else None
+
+
+def cost_clock(study: StudySpec, models: Sequence[str]) -> str:
+    """"cpu" when every recorded pretraining cell of `models` has its CPU time (recorded since session 6: a
+    study paused for CI or sharing the cores leaves it unchanged), else "wall"."""
+    records = [r for spec, _, r in pretrain_records(study) if spec.name in models]
+    return "cpu" if records and all("cpu_time_s" in r and r.get("timed_steps") for r in records) else "wall"
 
 
 def meta_objective_claims(names: set[str], language: str) -> list[tuple[str, str, str]]:
@@ -884,9 +897,12 @@ def meta_objective_verdicts(study: StudySpec, rows: Sequence[Mapping]) -> tuple[
     verdicts = [{**entry, "verdict": META_ANSWERS.get(entry["verdict"], entry["verdict"])}
                 if entry["claim"] != PRETRAINING_HELPS else entry
                 for entry in seven_language_verdicts(study, rows, meta_objective_claims)]  # fmt: skip
-    costs = seconds_per_step(study, META_ALL_ROW), seconds_per_step(study, sampled)
+    clock = cost_clock(study, [META_ALL_ROW, sampled])
+    costs = seconds_per_step(study, META_ALL_ROW, clock), seconds_per_step(study, sampled, clock)
+    measured = ("CPU time of the pretraining cells: compare at equal thread counts" if clock == "cpu"
+                else "wall time of the pretraining cells on a shared machine")  # fmt: skip
     cost = (f"Cost: {costs[0]:.2f} s per step with all seven, {costs[1]:.2f} s with k = 2: ratio {costs[0] / costs[1]:.2f} "
-            "(wall time of the pretraining cells on a shared machine)" if None not in costs else "Cost: not yet run")  # fmt: skip
+            f"({measured})" if None not in costs else "Cost: not yet run")  # fmt: skip
     return verdicts, cost
 
 

@@ -111,6 +111,8 @@ def test_a_study_that_keeps_its_models_re_fine_tunes_a_fresh_clone_to_the_same_s
     pretrain = json.loads((results / "cells" / "pretrain" / "joint_pair" / "seed0.json").read_text())
     kept = results / "models" / "joint_pair" / "seed0"
     assert pretrain["kept_model"]["folder"] == str(kept) and (kept / "tokenizer.json").is_file()
+    # one uninterrupted run: it timed every step; its CPU time is the recipe's own, not the study's
+    assert pretrain["timed_steps"] == pretrain["steps"] == 20 and 0 < pretrain["cpu_time_s"]
     record_file = results / "cells" / "finetune" / "joint_pair" / "seed0" / "pos_within_sw.json"
     record = json.loads(record_file.read_text())
     assert record["config"]["model_name_or_path"] == str(kept)
