@@ -87,12 +87,19 @@ def check_pretrain_rows(study: StudySpec) -> None:
 def measure_characters_per_token(study: StudySpec) -> int:
     """Add `characters_per_token` to every pretraining record written before recipes/pretrain.py measured it:
     the run's validation sentences, split again from its recorded config as the recipe split them
-    (`pretraining_splits`), cut by its own tokenizer (the kept model's, or the run folder's). Returns how many
-    records it completed."""
+    (`pretraining_splits`), cut by its own tokenizer (the kept model's, or the run folder's). A record whose
+    tokenizer is gone (no kept model, runs_dir scratch) is named and left as it is. Returns how many records it
+    completed."""
     pretrain, completed = pretrain_recipe(), 0
     with tempfile.TemporaryDirectory() as folder:
         for model, seed, record in pretrain_records(study):
             if "characters_per_token" in record:
+                continue
+            try:
+                model_folder = pretrained_model(study, model, seed)
+            except FileNotFoundError:
+                logger.warning("%s seed %d: no kept model or run folder holds its tokenizer: record left without "
+                               "characters per token", model.name, seed)  # fmt: skip
                 continue
             data_args, training_args = parse_pretrain_config(pretrain, record["config"], folder, model.name)
             corpora = load_corpora(data_args.languages, corpus_paths=corpus_paths(data_args.corpus_files),
@@ -103,7 +110,7 @@ def measure_characters_per_token(study: StudySpec) -> int:
                 training_args.seed + data_args.data_seed_offset,
                 data_args.meta_validation_sentences if training_args.meta_learning else None,
             )
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model(study, model, seed))
+            tokenizer = AutoTokenizer.from_pretrained(model_folder)
             record["characters_per_token"] = characters_per_token(tokenizer, validation)
             write_record(record_path(study, "pretrain", model.run_name, seed), record)
             logger.info("%s seed %d: characters per token %s", model.name, seed, record["characters_per_token"])

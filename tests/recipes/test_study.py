@@ -145,3 +145,23 @@ def test_a_study_that_keeps_its_models_re_fine_tunes_a_fresh_clone_to_the_same_s
                 if row["model"] == "joint_pair" and row["metric"] == "bits_per_character"}  # fmt: skip
     assert bits == pytest.approx({language: math.log2(pretrain["perplexity"][language]) / measured[language]
                                   for language in measured})  # fmt: skip
+
+
+def test_measuring_characters_per_token_names_a_record_whose_tokenizer_is_gone_and_leaves_it(tmp_path):
+    from meta_xlm.study import load_study, record_path, write_record
+
+    values = {"name": "gone", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+              "models": [{"name": "joint_pair", "config": TINY, "seeds": [0]}], "tasks": []}  # fmt: skip
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(values))
+    record = {"kind": "pretrain", "steps": 20, "tokens_seen": {"en": 1, "sw": 1}, "perplexity": {"en": 9.0, "sw": 9.0},
+              "wall_time_s": 1.0, "history": [], "config": {"languages": ["en", "sw"]}}  # fmt: skip
+    path = record_path(load_study(study_file), "pretrain", "joint_pair", 0)
+    write_record(path, record)
+    command = [sys.executable, str(REPO_ROOT / "recipes" / "study.py"), "--study", str(study_file),
+               "--measure_characters_per_token", "true"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "joint_pair seed 0: no kept model or run folder holds its tokenizer" in completed.stderr
+    assert "0 pretraining records completed" in completed.stderr
+    assert json.loads(path.read_text()) == record
