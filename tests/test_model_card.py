@@ -43,6 +43,8 @@ def generated(tmp_path_factory):
         "max_steps": 500, "per_device_train_batch_size": 16, "gradient_accumulation_steps": 4,
         "learning_rate": 1e-4, "meta_learning": True, "bf16": True, "seed": 3,
     }))  # fmt: skip
+    (directory / "perplexity.json").write_text(json.dumps({"en": 12.5, "te": 40.0}))
+    (directory / "characters_per_token.json").write_text(json.dumps({"en": 2.5}))  # te: not measured
     metrics_files = []
     for index, record in enumerate(METRICS):
         path = root / f"metrics_{index}.json"
@@ -104,6 +106,12 @@ def test_training_setup_commit_and_citation_are_in_the_card(generated):
     if head.returncode == 0:
         assert head.stdout.strip() in text
     assert "2010.03017" in text and "Wang, Zirui and Lipton, Zachary C. and Tsvetkov, Yulia" in text
+
+
+def test_validation_perplexity_and_bits_per_character_are_in_the_card(generated):
+    _, card, _ = generated
+    assert "| en | 12.50 | 2.50 | 1.458 |" in card.text  # log2(12.5) / 2.5
+    assert "| te | 40.00 | – | – |" in card.text  # no characters per token: no bits per character
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
+from meta_xlm.data import bits_per_character
 from meta_xlm.meta import DEFAULT_HYPERGRADIENT
 from meta_xlm.table_output import markdown_table
 from meta_xlm.tasks.records import check_metrics_record, load_metrics_records
@@ -320,6 +321,18 @@ def training_section(
     )
 
 
+def validation_section(perplexity: Mapping[str, float], characters: Mapping[str, float]) -> str:
+    """Final validation perplexity per language and, where the tokenizer's characters per token on the same text is
+    known, bits per character: the number to compare with a checkpoint that has another tokenizer."""
+    if not perplexity:
+        return ""
+    rows = [(language, f"{value:.2f}", f"{characters[language]:.2f}" if language in characters else "–",
+             f"{bits_per_character(value, characters[language]):.3f}" if language in characters else "–")
+            for language, value in perplexity.items()]  # fmt: skip
+    table = markdown_table(["language", "perplexity (per token)", "characters per token", "bits per character"], rows)
+    return f"Masked-LM validation perplexity at the end of pretraining (held-out text of each language):\n\n{table}\n\n"
+
+
 def results_section(records: Sequence[Mapping]) -> str:
     if not records:
         return "No downstream results were recorded for this checkpoint."
@@ -363,6 +376,8 @@ def render_model_card(
     training_config_file: str | None = None,
     trainer_state: Mapping | None = None,
     metrics: Sequence[Mapping] = (),
+    validation_perplexity: Mapping[str, float] | None = None,
+    characters_per_token: Mapping[str, float] | None = None,
     hardware: str | None = None,
     num_processes: int | None = None,
     base_model: str | None = None,
@@ -402,7 +417,7 @@ def render_model_card(
         training=training_section(
             training_config, training_config_file, trainer_state, hardware, num_processes
         ),
-        results=results_section(metrics),
+        results=validation_section(validation_perplexity or {}, characters_per_token or {}) + results_section(metrics),
         usage=usage_code(config, model_id),
         intended_use=intended_use,
         limitations=limitations + (f"\n- Findings of this run: {findings}" if findings else ""),
@@ -442,12 +457,17 @@ def write_model_card(
     hardware: where training ran (default: this machine, labelled as such). num_processes: data-parallel processes.
     findings: a sentence on what the run found (e.g. negative interference for a language), under Limitations.
     copy_to: also write the card there (e.g. model_cards/<name>.md).
+    The validation perplexity per language (and bits per character) comes from the folder's perplexity.json and
+    characters_per_token.json, which recipes/pretrain.py writes; a folder without them gets no such table.
     """
     root = Path(output_dir)
     config = MetaXLMConfig.from_pretrained(root)
     settings, settings_file = load_training_config(training_config, root)
     state_path = root / "trainer_state.json"
     trainer_state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
+    # what recipes/pretrain.py writes beside the model: per-language perplexity and characters per token
+    perplexity, characters = (json.loads((root / name).read_text(encoding="utf-8")) if (root / name).is_file() else None
+                              for name in ("perplexity.json", "characters_per_token.json"))  # fmt: skip
     card = render_model_card(
         config,
         model_id=model_id or str(root.resolve()),
@@ -458,6 +478,8 @@ def write_model_card(
         training_config_file=settings_file,
         trainer_state=trainer_state,
         metrics=load_metrics_records(metrics_files),
+        validation_perplexity=perplexity,
+        characters_per_token=characters,
         hardware=hardware,
         num_processes=num_processes,
         base_model=base_model,
