@@ -941,6 +941,11 @@ def conflict_figures(study: StudySpec, points: Sequence[Mapping], results_dir: P
     return lines
 
 
+def readable(value) -> str:
+    """A table cell: floats to three decimals, a missing value as "–"."""
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 SEVEN_INTRO = (
     "Effect = mean(first) − mean(second) over seeds (sign flipped for perplexity), spread = its standard error; "
     "reproduced: effect > 2 spreads; each language's fine-tuning verdicts are gated on the best pretrained row "
@@ -967,7 +972,8 @@ def seven_language_sections(study: StudySpec, rows: Sequence[Mapping], results_d
         write_csv(results_dir / "conflict_verdicts.csv", conflict)
     return [
         "## 1. The curse: Mono ≥ JointPair ≥ All-7 on te and sw?\n\n" + SEVEN_INTRO + dict_table(curse),
-        CONFLICT_INTRO.format(n=fewest_testable_points(), alpha=ALPHA) + dict_table(conflict) + "\n\n" + dict_table(points),
+        CONFLICT_INTRO.format(n=fewest_testable_points(), alpha=ALPHA) + dict_table(conflict) + "\n\n"
+        + dict_table([{key: readable(value) for key, value in point.items()} for point in points]),
         *conflict_figures(study, points, results_dir),
         "## 3. Do +adpt and +meta adpt recover All-7's loss, and beat T = 5?\n\n" + SEVEN_INTRO + dict_table(recovery),
         "## 4. Is the sampled meta objective (k = 2) as good as all seven, at what cost?\n\n"
