@@ -127,6 +127,14 @@ def test_report_renders_from_real_pretrain_and_finetune_outputs(shared_data, tmp
         assert [step for step, _ in plotted] == [5, 10, MAX_STEPS], (name, plotted)
         assert dict(plotted) == pytest.approx(dict(logged)), name
 
+    # Fig. 2 per character: each run's perplexity with its own tokenizer's scale (Mono-sw reuses JointPair's here)
+    bits = read_csv(out / "bits_per_character_sw.csv")
+    for name, run_dir in (("Mono", mono), ("JointPair", joint)):
+        scale = json.loads((run_dir / "characters_per_token.json").read_text())["sw"]
+        plotted = {int(r["step"]): float(r["bits per character"]) for r in bits if r["run"] == name}
+        expected = {int(r["step"]): math.log2(float(r["perplexity"])) / scale for r in perplexity if r["run"] == name}
+        assert plotted == pytest.approx(expected), name
+
     # Fig. 4c: the training loss logged every LOGGING_STEPS steps
     losses = read_csv(out / "training_loss.csv")
     for name in ("Mono", "JointPair"):

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from meta_xlm.analysis.plots import plot_curves
+from meta_xlm.data import bits_per_character
 from meta_xlm.table_output import columns_and_cells, markdown_table, write_csv
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
@@ -133,10 +134,14 @@ def build_report(
     mono_model: str = "Mono",
 ) -> Path:
     """Writes interference.{csv,md}, perplexity_<lang>.{csv,png} (every run that logged that language's
-    validation loss), training_loss.{csv,png} (the `loss_runs`) and report.md linking them. Returns report.md."""
+    validation loss; bits_per_character_<lang>.{csv,png} too when every such run measured its tokenizer's
+    characters per token), training_loss.{csv,png} (the `loss_runs`) and report.md linking them. Returns report.md."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     histories = {name: read_log_history(path) for name, path in (pretraining_runs or {}).items()}
+    characters = {name: json.loads((Path(path) / "characters_per_token.json").read_text(encoding="utf-8"))
+                  for name, path in (pretraining_runs or {}).items()
+                  if (Path(path) / "characters_per_token.json").is_file()}  # written by recipes/pretrain.py
     sections = ["# Interference report"]
     if finetune_records:
         rows = interference_table(finetune_records, mono_model)
@@ -162,6 +167,15 @@ def build_report(
             log_y=True,
         )
         sections.append(f"## Validation perplexity, {language} (Fig. 2)\n\n![](perplexity_{language}.png)")
+        scales = {name: characters.get(name, {}).get(language) for name in curves}
+        if all(scales.values()):  # every run measured its tokenizer: the figure that compares across tokenizers
+            bits = {name: [(step, bits_per_character(value, scales[name])) for step, value in points]
+                    for name, points in curves.items()}  # fmt: skip
+            write_csv(output_dir / f"bits_per_character_{language}.csv", curve_rows(bits, "bits per character"))
+            plot_curves(bits, output_dir / f"bits_per_character_{language}.png",
+                        f"Validation bits per character ({language})", "bits per character")  # fmt: skip
+            sections.append(f"Per character (each run's own tokenizer: comparable where per-token perplexity is "
+                            f"not)\n\n![](bits_per_character_{language}.png)")  # fmt: skip
     if loss_runs:
         unknown = [name for name in loss_runs if name not in histories]
         if unknown:
