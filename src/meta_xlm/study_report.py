@@ -491,7 +491,8 @@ def bits_per_character_curve(study: StudySpec, model: str, language: str) -> lis
 
 
 def figure_lines(study: StudySpec, results_dir: Path) -> list[str]:
-    """Fig. 2 (perplexity, Mono vs JointPair, per language), Fig. 3 (gradient cosine), Fig. 4c (early loss)."""
+    """Fig. 2 (perplexity and bits per character of Mono, JointPair and All-7, per language), Fig. 3 (gradient
+    cosine), Fig. 4c (early loss)."""
     lines = []
     names = [model.name for model in study.models]
     for language in study.figures.get("perplexity_languages", []):
