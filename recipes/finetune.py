@@ -22,11 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-from accelerate import PartialState
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes for model_type "meta_xlm")
-from meta_xlm.cli import parse_config_and_args
+from meta_xlm.cli import leave_process_group, parse_config_and_args
 from meta_xlm.cpu_allocator import reuse_freed_memory_when_on
 from meta_xlm.tasks.finetuning import FinetuneArguments, check_arguments, run_finetuning
 from meta_xlm.tasks.records import write_metrics
@@ -64,6 +63,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    # Every process leaves the process group before exiting rather than at interpreter shutdown, where one of three
-    # 2-process +adpt runs crashed ("terminate called without an active exception", rank 1; none in five since).
-    PartialState().destroy_process_group()
+    leave_process_group()

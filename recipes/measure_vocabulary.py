@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from meta_xlm.cli import corpus_paths, parse_config_and_args
-from meta_xlm.data import load_corpora, split_corpora, train_shared_tokenizer
+from meta_xlm.data import load_corpora, split_corpora, tokenization_statistics, train_shared_tokenizer
 
 logger = logging.getLogger("measure_vocabulary")
 CSV_FIELDS = ["vocab_size", "language", "held_out_sentences", "unk_rate", "chars_per_token", "tokens_per_word",
@@ -55,22 +55,6 @@ def pretrain_fields(path: str) -> dict:
     return {"languages": values["languages"], **{key: values.get(key, default) for key, default in PRETRAIN_DEFAULTS.items()}}
 
 
-def tokenization_statistics(tokenizer, sentences: Sequence[str]) -> dict:
-    """Unknown-token rate, characters per token, tokens per whitespace word, distinct tokens used."""
-    ids = tokenizer(list(sentences), add_special_tokens=False)["input_ids"]
-    tokens = sum(len(row) for row in ids)
-    if tokens == 0:
-        raise ValueError(f"{len(sentences)} held-out sentences tokenize to no token: nothing to measure")
-    unknown = sum(row.count(tokenizer.unk_token_id) for row in ids)
-    return {
-        "held_out_sentences": len(sentences),
-        "unk_rate": unknown / tokens,
-        "chars_per_token": sum(len(sentence) for sentence in sentences) / tokens,
-        "tokens_per_word": tokens / sum(len(sentence.split()) for sentence in sentences),
-        "distinct_tokens": len({token for row in ids for token in row}),
-    }
-
-
 def measure(train: Mapping, held_out: Mapping[str, Sequence[str]], args: VocabularyArguments, temperature: float):
     """One CSV row per (vocabulary size, language)."""
     rows = []
@@ -79,7 +63,8 @@ def measure(train: Mapping, held_out: Mapping[str, Sequence[str]], args: Vocabul
                                            args.seed, show_progress=False)  # fmt: skip
         for language, sentences in held_out.items():
             statistics = tokenization_statistics(tokenizer, sentences)
-            rows.append({"vocab_size": vocab_size, "language": language, **statistics})
+            scored = {"held_out_sentences": statistics.pop("sentences")}
+            rows.append({"vocab_size": vocab_size, "language": language, **scored, **statistics})
             logger.info("vocab %d %s: %s", vocab_size, language, statistics)
     return rows
 

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from accelerate import PartialState
 from transformers import AutoTokenizer, set_seed
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
@@ -35,7 +34,7 @@ from meta_xlm.callbacks import (
     latest_complete_checkpoint,
     perplexity,
 )
-from meta_xlm.cli import arguments_to_dict, grouped_key_values, parse_config_and_args
+from meta_xlm.cli import arguments_to_dict, grouped_key_values, leave_process_group, parse_config_and_args
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.cpu_allocator import reuse_freed_memory_when_on
 from meta_xlm.data import (
@@ -360,6 +359,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    # Every process leaves the process group before exiting rather than at interpreter shutdown, where one of three
-    # 2-process +adpt runs crashed ("terminate called without an active exception", rank 1; none in five since).
-    PartialState().destroy_process_group()
+    leave_process_group()

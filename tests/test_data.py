@@ -10,11 +10,13 @@ from meta_xlm.data import (
     CorpusError,
     MLMCollator,
     build_blocks,
+    characters_per_token,
     load_corpora,
     load_language_corpus,
     split_corpora,
     split_validation,
     subsample_sentences,
+    tokenization_statistics,
     train_shared_tokenizer,
 )
 
@@ -174,6 +176,23 @@ def test_pre_tokenizer_keeps_combining_marks_with_their_letters_and_splits_other
     assert len(pieces(telugu)) < 0.5 * len(gpt2(telugu))
 
 # ------------------------------------------------------------------ blocks and masking
+
+
+def test_tokenization_statistics_count_what_the_tokenizer_cuts(tokenizer, real_corpora):
+    """The vocabulary recipe's statistics and the perplexity scale (characters per token) are one count: checked
+    against the tokenizer's own pieces, and a script cut more finely (Telugu) gets fewer characters per token."""
+    _, validation = real_corpora
+    sentences = list(validation["te"]["text"])
+    pieces = [tokenizer.tokenize(sentence) for sentence in sentences]
+    statistics = tokenization_statistics(tokenizer, sentences)
+    assert statistics["sentences"] == 50 and statistics["unk_rate"] == 0
+    assert statistics["chars_per_token"] == pytest.approx(sum(map(len, sentences)) / sum(map(len, pieces)))
+    assert statistics["distinct_tokens"] == len({piece for row in pieces for piece in row})
+    assert statistics["tokens_per_word"] > 1
+    scales = characters_per_token(tokenizer, {language: validation[language] for language in ("en", "te")})
+    assert scales["te"] == statistics["chars_per_token"] < scales["en"]
+    with pytest.raises(ValueError, match="language 'te': 1 sentences tokenize to no token"):
+        characters_per_token(tokenizer, {"te": validation["te"].select([0]).map(lambda row: {"text": ""})})
 
 
 def test_blocks_are_fixed_length_streams_with_language_ids(tokenizer, real_corpora):

@@ -4,11 +4,13 @@ list flags of KEY=VALUE entries (corpus files per language) and mask-group specs
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 from dataclasses import asdict
 from typing import get_args, get_type_hints
 
 import yaml
+from accelerate import PartialState
 from transformers import HfArgumentParser, TrainingArguments
 
 from meta_xlm.analysis.masks import MaskGroupSpec
@@ -117,3 +119,17 @@ def mask_group_specs(entries: list[str]) -> list[MaskGroupSpec]:
         sublayer, unit, pattern = parts
         specs.append(MaskGroupSpec(sublayer=sublayer, pattern=pattern, unit=unit))
     return specs
+
+
+def leave_process_group() -> None:
+    """End a recipe's process group while every process's interpreter is whole.
+
+    Destroying the group only drops the registry's reference: the DDP-wrapped model, kept alive by the trainer's
+    reference cycles, still holds gloo's backend, which was then torn down at interpreter shutdown. A rank that got
+    there first aborted in some 2-process CPU runs ("terminate called without an active exception", rank 1, after
+    rank 0 wrote its outputs). So the processes meet first, the cycles are collected, and the backend goes with the
+    group."""
+    state = PartialState()
+    state.wait_for_everyone()
+    gc.collect()
+    state.destroy_process_group()

@@ -546,6 +546,22 @@ def pretraining_splits(
     return train, validation, meta_validation
 
 
+def tokenization_statistics(tokenizer, sentences: Sequence[str]) -> dict:
+    """How a tokenizer cuts sentences (no special tokens): unknown-token rate, characters per token, tokens per
+    whitespace word, distinct tokens used."""
+    ids = tokenizer(list(sentences), add_special_tokens=False)["input_ids"]
+    tokens = sum(len(row) for row in ids)
+    if tokens == 0:
+        raise ValueError(f"{len(sentences)} sentences tokenize to no token: nothing to measure")
+    return {
+        "sentences": len(sentences),
+        "unk_rate": sum(row.count(tokenizer.unk_token_id) for row in ids) / tokens,
+        "chars_per_token": sum(len(sentence) for sentence in sentences) / tokens,
+        "tokens_per_word": tokens / sum(len(sentence.split()) for sentence in sentences),
+        "distinct_tokens": len({token for row in ids for token in row}),
+    }
+
+
 def characters_per_token(tokenizer, sentences: Mapping[str, Dataset]) -> dict[str, float]:
     """Per language, the characters of its sentences per token the tokenizer cuts them into (no special tokens).
 
@@ -555,11 +571,10 @@ def characters_per_token(tokenizer, sentences: Mapping[str, Dataset]) -> dict[st
     loss per character, loss_per_token / characters_per_token, does (`bits_per_character`)."""
     ratios = {}
     for language, dataset in sentences.items():
-        texts = list(dataset["text"])
-        tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-        if tokens == 0:
-            raise ValueError(f"language {language!r}: {len(texts)} sentences tokenize to no token")
-        ratios[language] = sum(len(text) for text in texts) / tokens
+        try:
+            ratios[language] = tokenization_statistics(tokenizer, dataset["text"])["chars_per_token"]
+        except ValueError as error:
+            raise ValueError(f"language {language!r}: {error}") from error
     return ratios
 
 
