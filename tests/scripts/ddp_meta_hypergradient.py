@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from meta_xlm.cli import leave_process_group
+
 sys.path.insert(0, str(Path(__file__).parent))
 from meta_setup import LANGUAGES, blocks, deterministic_collator, make_trainer
 
@@ -38,3 +40,4 @@ def main(output_dir: str, average_tokens: bool) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] == "true")
+    leave_process_group()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from meta_xlm.cli import leave_process_group
+
 sys.path.insert(0, str(Path(__file__).parent))
 from meta_setup import LANGUAGES, make_trainer, tiny_model
 
@@ -35,3 +37,4 @@ def main(output_dir: str, batch_size: int, extra: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
+    leave_process_group()

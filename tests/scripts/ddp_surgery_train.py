@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from meta_xlm.cli import leave_process_group
+
 sys.path.insert(0, str(Path(__file__).parent))
 from meta_setup import make_trainer
 
@@ -24,3 +26,4 @@ def main(output_dir: str, batch_size: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]))
+    leave_process_group()
