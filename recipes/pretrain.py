@@ -230,33 +230,21 @@ def check_field_combinations(data_args, training_args) -> None:
         )
 
 
-def main(argv: list[str]) -> None:
-    data_args, tokenizer_args, model_args, extension_args, training_args = parse_config_and_args(
-        ARGUMENT_CLASSES, argv
-    )
-    if extension_args.extend_model:
-        new_languages(extension_args, data_args.languages)
-        tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
-    check_field_combinations(data_args, training_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    reuse_freed_memory_when_on(training_args.device)
-    resume = resolve_resume(training_args)
-    publish = take_over_hub_publishing(training_args)
+def pretraining_data(data_args, tokenizer_args, training_args, resume: str | None):
+    """The corpora split (training / validation / meta-validation), the tokenizer and the blocks, built on the main
+    process first (the others read its cache). Returns (tokenizer, blocks, validation sentences)."""
     seed = training_args.seed + data_args.data_seed_offset
-
-    corpus_paths = grouped_key_values(data_args.corpus_files, "corpus_files", "LANG=PATH")
-    subsample = subsample_sizes(data_args.subsample)
     with training_args.main_process_first(desc="corpora, tokenizer, blocks"):
         corpora = load_corpora(
             data_args.languages,
-            corpus_paths=corpus_paths,
+            corpus_paths=grouped_key_values(data_args.corpus_files, "corpus_files", "LANG=PATH"),
             text_dir=data_args.text_dir,
             hub_dataset=data_args.hub_dataset,
             hub_config_template=data_args.hub_config_template,
             cache_dir=data_args.data_cache_dir,
         )
         train_sentences, validation_sentences, meta_validation_sentences = pretraining_splits(
-            corpora, data_args.validation_sentences, subsample, seed,
+            corpora, data_args.validation_sentences, subsample_sizes(data_args.subsample), seed,
             data_args.meta_validation_sentences if training_args.meta_learning else None,
         )
         tokenizer = build_tokenizer(tokenizer_args, train_sentences, training_args, resume)
@@ -277,30 +265,31 @@ def main(argv: list[str]) -> None:
             "validation text), not the validation split that perplexity is reported on",
             data_args.meta_validation_sentences,
         )
+    return tokenizer, data, validation_sentences
 
-    set_seed(
-        training_args.seed
-    )  # the Trainer seeds only after the model exists: seed its initialisation here
-    sampling_probabilities = data.sampling_probabilities
+
+def model_to_pretrain(data_args, model_args, extension_args, training_args, tokenizer, sampling_probabilities):
+    """A new model, or (`--extend_model`) a pretrained one with new languages whose steps alone are sampled.
+    Returns (model, language sampling probabilities)."""
     if extension_args.extend_model:
         model, added = extend_pretrained(extension_args, data_args.languages)
         tokenizer.init_kwargs["languages"] = list(data_args.languages)
         # the old languages keep their validation data but get no training steps
-        sampling_probabilities = {
-            code: p if code in added else 0.0 for code, p in sampling_probabilities.items()
-        }
-    else:
-        config = MetaXLMConfig(
-            vocab_size=len(tokenizer),
-            languages=data_args.languages,
-            default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
-            # Pretraining projects only the masked positions onto the vocabulary (~a quarter of the FLOPs at
-            # vocab 8k / hidden 256). Compiled runs keep dense logits: the selection's data-dependent shape
-            # would break the compiled graph.
-            sparse_prediction=not training_args.torch_compile,
-            **asdict(model_args),
-        )
-        model = MetaXLMForMaskedLM(config)
+        return model, {code: p if code in added else 0.0 for code, p in sampling_probabilities.items()}
+    config = MetaXLMConfig(
+        vocab_size=len(tokenizer),
+        languages=data_args.languages,
+        default_language=data_args.languages[0] if len(data_args.languages) == 1 else None,
+        # Pretraining projects only the masked positions onto the vocabulary (~a quarter of the FLOPs at
+        # vocab 8k / hidden 256). Compiled runs keep dense logits: the selection's data-dependent shape
+        # would break the compiled graph.
+        sparse_prediction=not training_args.torch_compile,
+        **asdict(model_args),
+    )
+    return MetaXLMForMaskedLM(config), sampling_probabilities
+
+
+def pretraining_trainer(model, tokenizer, data, data_args, training_args, sampling_probabilities) -> MetaXLMTrainer:
     trainer = MetaXLMTrainer(
         model=model,
         args=training_args,
@@ -320,6 +309,48 @@ def main(argv: list[str]) -> None:
         callbacks=[CheckpointCompletionCallback()],
     )
     add_callback_before_reporters(trainer, LanguagePerplexityCallback(data_args.languages))
+    return trainer
+
+
+def save_outputs(output_dir: Path, tokenizer, argument_groups: tuple, final_perplexity: dict,
+                 validation_sentences, num_processes: int, publish: dict | None, datasets: list[str]) -> None:
+    """What the main process writes beside the model: tokenizer, resolved config, perplexities, the tokenizer's
+    scale, the model card; then the Hub push if one was asked for."""
+    tokenizer.save_pretrained(output_dir)
+    resolved = {name: value for args in argument_groups for name, value in arguments_to_dict(args).items()}
+    (output_dir / "pretrain_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
+    # the scale that makes the perplexities of runs with different tokenizers comparable (bits per character)
+    (output_dir / "characters_per_token.json").write_text(
+        json.dumps(characters_per_token(tokenizer, validation_sentences), indent=2), encoding="utf-8"
+    )
+    write_model_card(output_dir, model_id=publish["repo_id"] if publish else None, datasets=datasets,
+                     num_processes=num_processes)  # fmt: skip
+    logger.info("validation perplexity: %s", final_perplexity)
+    logger.info("saved model, tokenizer, pretrain_config.yaml and README.md to %s", output_dir)
+    if publish is not None:
+        commit = push_to_hub(output_dir, **publish)
+        logger.info("pushed %s to %s (commit %s)", output_dir, publish["repo_id"], commit.oid)
+
+
+def main(argv: list[str]) -> None:
+    argument_groups = parse_config_and_args(ARGUMENT_CLASSES, argv)
+    data_args, tokenizer_args, model_args, extension_args, training_args = argument_groups
+    if extension_args.extend_model:
+        new_languages(extension_args, data_args.languages)
+        tokenizer_args.tokenizer_name_or_path = tokenizer_args.tokenizer_name_or_path or extension_args.extend_model
+    check_field_combinations(data_args, training_args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    reuse_freed_memory_when_on(training_args.device)
+    resume = resolve_resume(training_args)
+    publish = take_over_hub_publishing(training_args)
+    tokenizer, data, validation_sentences = pretraining_data(data_args, tokenizer_args, training_args, resume)
+
+    set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation here
+    model, sampling_probabilities = model_to_pretrain(
+        data_args, model_args, extension_args, training_args, tokenizer, data.sampling_probabilities
+    )
+    trainer = pretraining_trainer(model, tokenizer, data, data_args, training_args, sampling_probabilities)
     trainer.train(resume_from_checkpoint=resume)
 
     metrics = trainer.evaluate()
@@ -329,32 +360,9 @@ def main(argv: list[str]) -> None:
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the steps the model card reports
     if trainer.is_world_process_zero():
-        output_dir = Path(training_args.output_dir)
-        tokenizer.save_pretrained(output_dir)
-        resolved = {
-            name: value
-            for args in (data_args, tokenizer_args, model_args, extension_args, training_args)
-            for name, value in arguments_to_dict(args).items()
-        }
-        (output_dir / "pretrain_config.yaml").write_text(
-            yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8"
-        )
-        (output_dir / "perplexity.json").write_text(json.dumps(final_perplexity, indent=2), encoding="utf-8")
-        # the scale that makes the perplexities of runs with different tokenizers comparable (bits per character)
-        (output_dir / "characters_per_token.json").write_text(
-            json.dumps(characters_per_token(tokenizer, validation_sentences), indent=2), encoding="utf-8"
-        )
-        write_model_card(
-            output_dir,
-            model_id=publish["repo_id"] if publish else None,
-            datasets=[data_args.hub_dataset] if data_args.hub_dataset else (),
-            num_processes=training_args.world_size,
-        )
-        logger.info("validation perplexity: %s", final_perplexity)
-        logger.info("saved model, tokenizer, pretrain_config.yaml and README.md to %s", output_dir)
-        if publish is not None:
-            commit = push_to_hub(output_dir, **publish)
-            logger.info("pushed %s to %s (commit %s)", output_dir, publish["repo_id"], commit.oid)
+        save_outputs(Path(training_args.output_dir), tokenizer, argument_groups, final_perplexity,
+                     validation_sentences, training_args.world_size, publish,
+                     [data_args.hub_dataset] if data_args.hub_dataset else [])  # fmt: skip
 
 
 if __name__ == "__main__":
