@@ -553,11 +553,12 @@ def tokenization_statistics(tokenizer, sentences: Sequence[str]) -> dict:
     tokens = sum(len(row) for row in ids)
     if tokens == 0:
         raise ValueError(f"{len(sentences)} sentences tokenize to no token: nothing to measure")
+    words = sum(len(sentence.split()) for sentence in sentences)
     return {
         "sentences": len(sentences),
         "unk_rate": sum(row.count(tokenizer.unk_token_id) for row in ids) / tokens,
         "chars_per_token": sum(len(sentence) for sentence in sentences) / tokens,
-        "tokens_per_word": tokens / sum(len(sentence.split()) for sentence in sentences),
+        "tokens_per_word": tokens / words if words else math.nan,  # whitespace-only text has tokens, no words
         "distinct_tokens": len({token for row in ids for token in row}),
     }
 
