@@ -293,9 +293,8 @@ def meta_step_gradients(
     lookahead = SGDLookahead(lookahead_lr) if lookahead is None else lookahead
     meta_weights = _checked_meta_weights(groups, language, meta_weights, val_batches)
     shared, language_params = groups.shared, groups.languages[language]
-    train_num_items = count_labels(train_batches) if train_num_items is None else train_num_items
-    val_num_items = val_num_items or {code: count_labels([val_batches[code]]) for code in meta_weights}
-    seeds = torch.randint(2**62, (len(train_batches),)).tolist() if seeds is None else seeds
+    train_num_items, val_num_items, seeds = _one_process_defaults(
+        train_batches, val_batches, meta_weights, train_num_items, val_num_items, seeds)
 
     # ∇_θ L_train^i(θ, φ_i), the lookahead's pass; what the higher-order term needs of it rides along
     wrt = {**shared, **language_params} if term.needs_phi_gradient_at_theta else shared
@@ -320,6 +319,14 @@ def meta_step_gradients(
     hypergradient, ratio = chain_rule(direct, higher_order, lookahead.rate)  # Eq. 4
     return MetaGradients(hypergradient, direct, higher_order, torch.stack(train_losses).sum(), meta_loss, ratio,
                          train_losses, theta_gradient, share)
+
+
+def _one_process_defaults(train_batches, val_batches, meta_weights, train_num_items, val_num_items, seeds):
+    """What a caller on one process may leave out: label counts of its own batches, dropout seeds from torch."""
+    train_num_items = count_labels(train_batches) if train_num_items is None else train_num_items
+    val_num_items = val_num_items or {code: count_labels([val_batches[code]]) for code in meta_weights}
+    seeds = torch.randint(2**62, (len(train_batches),)).tolist() if seeds is None else seeds
+    return train_num_items, val_num_items, seeds
 
 
 def _after_lookahead(train: TrainGradient, lookahead, keep_theta_gradient: bool) -> TensorDict | None:

@@ -432,6 +432,10 @@ def variant_tag(variant: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-")
 
 
+def _json_if_present(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def write_model_card(
     output_dir: str | os.PathLike,
     *,
@@ -463,11 +467,10 @@ def write_model_card(
     root = Path(output_dir)
     config = MetaXLMConfig.from_pretrained(root)
     settings, settings_file = load_training_config(training_config, root)
-    state_path = root / "trainer_state.json"
-    trainer_state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else None
-    # what recipes/pretrain.py writes beside the model: per-language perplexity and characters per token
-    perplexity, characters = (json.loads((root / name).read_text(encoding="utf-8")) if (root / name).is_file() else None
-                              for name in ("perplexity.json", "characters_per_token.json"))  # fmt: skip
+    # the Trainer's state, and what recipes/pretrain.py writes beside the model (per-language perplexity and
+    # characters per token); a folder may lack any of them
+    trainer_state, perplexity, characters = (_json_if_present(root / name) for name in (
+        "trainer_state.json", "perplexity.json", "characters_per_token.json"))
     card = render_model_card(
         config,
         model_id=model_id or str(root.resolve()),

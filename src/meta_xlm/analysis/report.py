@@ -144,52 +144,63 @@ def build_report(
                   if (Path(path) / "characters_per_token.json").is_file()}  # written by recipes/pretrain.py
     sections = ["# Interference report"]
     if finetune_records:
-        rows = interference_table(finetune_records, mono_model)
-        write_csv(output_dir / "interference.csv", rows)
-        table = markdown_table(*columns_and_cells(rows))
-        (output_dir / "interference.md").write_text(table + "\n", encoding="utf-8")
-        count = sum(row["negative_interference"] for row in rows)
-        sections.append(
-            f"## Within-language: multilingual − {mono_model}\n\nNegative interference (Mono wins) in {count} of "
-            f"{len(rows)} comparisons.\n\n{table}"
-        )
+        sections.append(_interference_section(output_dir, finetune_records, mono_model))
     for language in perplexity_languages:
-        curves = {name: perplexity_curve(history, language) for name, history in histories.items()}
-        curves = {name: points for name, points in curves.items() if points}
-        if not curves:
-            raise ValueError(f"no pretraining run logged eval_{language}_loss; runs: {sorted(histories)}")
-        write_csv(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
-        plot_curves(
-            curves,
-            output_dir / f"perplexity_{language}.png",
-            f"Validation perplexity ({language})",
-            "perplexity",
-            log_y=True,
-        )
-        sections.append(f"## Validation perplexity, {language} (Fig. 2)\n\n![](perplexity_{language}.png)")
-        scales = {name: characters.get(name, {}).get(language) for name in curves}
-        if all(scales.values()):  # every run measured its tokenizer: the figure that compares across tokenizers
-            bits = {name: [(step, bits_per_character(value, scales[name])) for step, value in points]
-                    for name, points in curves.items()}  # fmt: skip
-            write_csv(output_dir / f"bits_per_character_{language}.csv", curve_rows(bits, "bits per character"))
-            plot_curves(bits, output_dir / f"bits_per_character_{language}.png",
-                        f"Validation bits per character ({language})", "bits per character")  # fmt: skip
-            sections.append(f"Per character (each run's own tokenizer: comparable where per-token perplexity is "
-                            f"not)\n\n![](bits_per_character_{language}.png)")  # fmt: skip
+        sections.extend(_perplexity_sections(output_dir, histories, characters, language))
     if loss_runs:
-        unknown = [name for name in loss_runs if name not in histories]
-        if unknown:
-            raise ValueError(f"loss_runs {unknown} are not among pretraining_runs {sorted(histories)}")
-        curves = {name: loss_curve(histories[name], loss_max_step) for name in loss_runs}
-        empty = [name for name, points in curves.items() if not points]
-        if empty:
-            raise ValueError(f"runs {empty} logged no training loss up to step {loss_max_step}")
-        write_csv(output_dir / "training_loss.csv", curve_rows(curves, "loss"))
-        plot_curves(curves, output_dir / "training_loss.png", "MLM training loss", "loss")
-        sections.append("## Early training loss (Fig. 4c)\n\n![](training_loss.png)")
+        sections.append(_loss_section(output_dir, histories, loss_runs, loss_max_step))
     report = output_dir / "report.md"
     report.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     return report
+
+
+def _interference_section(output_dir: Path, finetune_records: Sequence[Mapping], mono_model: str) -> str:
+    """interference.{csv,md}: every within-language comparison of a multilingual model against `mono_model`."""
+    rows = interference_table(finetune_records, mono_model)
+    write_csv(output_dir / "interference.csv", rows)
+    table = markdown_table(*columns_and_cells(rows))
+    (output_dir / "interference.md").write_text(table + "\n", encoding="utf-8")
+    count = sum(row["negative_interference"] for row in rows)
+    return (f"## Within-language: multilingual − {mono_model}\n\nNegative interference (Mono wins) in {count} of "
+            f"{len(rows)} comparisons.\n\n{table}")
+
+
+def _perplexity_sections(output_dir: Path, histories: Mapping[str, list], characters: Mapping[str, Mapping],
+                         language: str) -> list[str]:
+    """perplexity_<lang>.{csv,png} (Fig. 2), and bits per character when every run measured its tokenizer."""
+    curves = {name: perplexity_curve(history, language) for name, history in histories.items()}
+    curves = {name: points for name, points in curves.items() if points}
+    if not curves:
+        raise ValueError(f"no pretraining run logged eval_{language}_loss; runs: {sorted(histories)}")
+    write_csv(output_dir / f"perplexity_{language}.csv", curve_rows(curves, "perplexity"))
+    plot_curves(curves, output_dir / f"perplexity_{language}.png", f"Validation perplexity ({language})",
+                "perplexity", log_y=True)
+    sections = [f"## Validation perplexity, {language} (Fig. 2)\n\n![](perplexity_{language}.png)"]
+    scales = {name: characters.get(name, {}).get(language) for name in curves}
+    if all(scales.values()):  # every run measured its tokenizer: the figure that compares across tokenizers
+        bits = {name: [(step, bits_per_character(value, scales[name])) for step, value in points]
+                for name, points in curves.items()}  # fmt: skip
+        write_csv(output_dir / f"bits_per_character_{language}.csv", curve_rows(bits, "bits per character"))
+        plot_curves(bits, output_dir / f"bits_per_character_{language}.png",
+                    f"Validation bits per character ({language})", "bits per character")  # fmt: skip
+        sections.append(f"Per character (each run's own tokenizer: comparable where per-token perplexity is "
+                        f"not)\n\n![](bits_per_character_{language}.png)")  # fmt: skip
+    return sections
+
+
+def _loss_section(output_dir: Path, histories: Mapping[str, list], loss_runs: Sequence[str],
+                  loss_max_step: int | None) -> str:
+    """training_loss.{csv,png}: the early training loss of `loss_runs` (Fig. 4c)."""
+    unknown = [name for name in loss_runs if name not in histories]
+    if unknown:
+        raise ValueError(f"loss_runs {unknown} are not among pretraining_runs {sorted(histories)}")
+    curves = {name: loss_curve(histories[name], loss_max_step) for name in loss_runs}
+    empty = [name for name, points in curves.items() if not points]
+    if empty:
+        raise ValueError(f"runs {empty} logged no training loss up to step {loss_max_step}")
+    write_csv(output_dir / "training_loss.csv", curve_rows(curves, "loss"))
+    plot_curves(curves, output_dir / "training_loss.png", "MLM training loss", "loss")
+    return "## Early training loss (Fig. 4c)\n\n![](training_loss.png)"
 
 
 __all__ = [
