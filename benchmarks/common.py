@@ -1,5 +1,6 @@
 """Plumbing shared by the training-step benchmarks (model_throughput.py, meta_step.py, surgery_step.py): the issue's model and
-batch sizes as flags, forwarding them to worker subprocesses, and resident-memory readings."""
+batch sizes as flags, forwarding them to worker subprocesses, resident-memory readings, and the flattening of
+parameter dicts that the accuracy measurements compare."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ def current_rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def flat(tensors: dict, names=None):
+    """The tensors named `names` (default: all, in the dict's order) as one float64 vector, for norms and cosines
+    that do not round. torch is imported here so that importing this module leaves the parent process light."""
+    import torch
+
+    return torch.cat([tensors[name].detach().double().reshape(-1) for name in (tensors if names is None else names)])
 
 
 def worker_environment(allocator: dict | None = None) -> dict:

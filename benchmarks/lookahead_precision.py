@@ -32,6 +32,7 @@ import time
 import torch
 from torch.func import functional_call
 
+from common import flat
 from meta_xlm.configuration_meta_xlm import MetaXLMConfig
 from meta_xlm.lookahead import full_precision, lookahead_share, make_lookahead
 from meta_xlm.modeling_meta_xlm import MetaXLMForMaskedLM, parameter_groups
@@ -88,10 +89,6 @@ def direct_term(model, batch, theta, phi) -> dict[str, torch.Tensor]:
     """∂L_val^i(θ, φ_i)/∂φ_i with θ substituted by `functional_call` (as meta.py's meta objective does)."""
     loss = functional_call(model, dict(theta), args=(), kwargs=batch, strict=False).loss
     return dict(zip(phi, torch.autograd.grad(loss, list(phi.values()))))
-
-
-def flat(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.double().reshape(-1) for t in tensors.values()])
 
 
 def effect(model, optimizer, batches, lr, kind, train_context, meta_context):

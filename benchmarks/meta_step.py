@@ -52,7 +52,7 @@ import sys
 import time
 
 from common import (
-    add_size_arguments, current_rss_mib, peak_rss_mib, peak_rss_since_reset_mib, reset_peak_rss, run_worker,
+    add_size_arguments, current_rss_mib, flat, peak_rss_mib, peak_rss_since_reset_mib, reset_peak_rss, run_worker,
     size_passthrough,
 )
 
@@ -271,11 +271,8 @@ def cosine_with_exact(mode, model, groups, batch, val_batches, state_batch) -> l
         got = our_hypergradient(mode.split("+")[0], model, groups, language, batch, val_batches).hypergradient
     exact = our_hypergradient("double_backward", model, groups, language, batch, val_batches)
 
-    def flat(tensors):
-        return torch.cat([tensors[n].detach().double().reshape(-1) for n in names])
-
-    direct = flat(exact.direct)
-    pairs = ((flat(got), flat(exact.hypergradient)), (direct - flat(got), direct - flat(exact.hypergradient)))
+    direct, reference, got = flat(exact.direct, names), flat(exact.hypergradient, names), flat(got, names)
+    pairs = ((got, reference), (direct - got, direct - reference))
     return [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in pairs]
 
 
@@ -295,17 +292,15 @@ def accuracy_rows(args):
     outer, _, _ = meta_objective_gradients(model, val_batches, lookahead(shared, gradient, BETA), "te", phi,
                                            {c: count_labels([b]) for c, b in val_batches.items()})
 
-    def flat(tensors):
-        return torch.cat([tensors[name].double().reshape(-1) for name in phi])
-
-    reference = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], "double_backward"))
+    reference = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], "double_backward"),
+                     phi)
     for method in OURS[1:-1]:
         for precision in ("fp32", "bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 kept = train_gradient(model, train, shared, num_items, [0], keep_graph=True)
                 at_theta = train_gradient(model, train, phi, num_items, [0]).gradient
                 term = flat(mixed_hessian_vector_product(model, train, shared, phi, outer, num_items, [0], method,
-                                                         gradient_at_theta=at_theta, attached=kept.attached))
+                                                         gradient_at_theta=at_theta, attached=kept.attached), phi)
             cosine = float(torch.nn.functional.cosine_similarity(term, reference, dim=0))
             yield method, precision, cosine, float(term.norm() / reference.norm())
 

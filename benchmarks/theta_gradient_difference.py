@@ -38,6 +38,7 @@ from tqdm import tqdm
 from transformers import AutoModelForMaskedLM
 
 import meta_xlm  # noqa: F401  (registers the Auto classes)
+from common import flat
 from meta_xlm.modeling_meta_xlm import parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,10 +70,6 @@ def split_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, t
     groups = parameter_groups(model)
     phi = {name: p.detach() for params in groups.languages.values() for name, p in params.items()}
     return {name: p.detach() for name, p in groups.shared.items()}, phi
-
-
-def flat(update: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.flatten() for t in update.values()])
 
 
 def compare(before: Path, after_lookahead: Path, after_recompute: Path) -> dict[str, float]:
