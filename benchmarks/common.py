@@ -1,6 +1,7 @@
-"""Plumbing shared by the training-step benchmarks (model_throughput.py, meta_step.py, surgery_step.py): the issue's model and
-batch sizes as flags, forwarding them to worker subprocesses, resident-memory readings, and the flattening of
-parameter dicts that the accuracy measurements compare."""
+"""Plumbing shared by the benchmarks: the issue's model and batch sizes as flags, forwarding them to worker
+subprocesses, and resident-memory readings (model_throughput.py, meta_step.py, surgery_step.py,
+meta_objective_scaling.py); the flattening of parameter dicts that the accuracy measurements compare (meta_step.py,
+lookahead_precision.py, theta_gradient_difference.py)."""
 
 from __future__ import annotations
 
