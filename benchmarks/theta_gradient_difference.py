@@ -5,7 +5,7 @@ states: one training step of the pretraining recipe, resumed from a study checkp
 ∇_θ L_train^i(θ, φ_i^t) (the authors' order). Both runs resume from the same checkpoint (weights, both optimizers'
 moments, scheduler, random state, data position), so they take the same batch and the same φ step; only θ's
 gradient differs, and through AdamW's moments, its update. For each state (the checkpoint, then the next
-`--states - 1` states of the recompute run, i.e. of the default) it prints, over the shared parameters θ:
+`--states - 1` states of the recompute run, Eq. 5's order) it prints, over the shared parameters θ:
 
     relative  ‖Δθ_lookahead − Δθ_recompute‖ / ‖Δθ_recompute‖  (Δθ: the step's whole update, weight decay in)
     cosine    cos(Δθ_lookahead, Δθ_recompute)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_meta_step_moves_only_phi_i_and_theta_uses_the_new_phi_i(tmp_path):
     train = blocks({"te": 4}, seed=3)
     trainer = make_trainer(tmp_path, train=train, max_steps=1, per_device_train_batch_size=4, optim="sgd",
-                           learning_rate=0.05, meta_learning_rate=0.01)
+                           learning_rate=0.05, meta_learning_rate=0.01, theta_gradient="recompute")
     model = trainer.model
     before = snapshot(model)
     trainer.train()
