@@ -890,7 +890,7 @@ def meta_objective_claims(names: set[str], language: str) -> list[tuple[str, str
 
 def meta_objective_verdicts(study: StudySpec, rows: Sequence[Mapping]) -> tuple[list[dict], str]:
     """Claim 4: all seven languages in the meta objective vs the sampled k = 2, per within measure of te and sw,
-    and the cost ratio (wall time per step, all seven / k = 2)."""
+    and the cost ratio (seconds per step, all seven / k = 2: CPU time where every cell recorded it, else wall)."""
     sampled = RECOVERY_ROWS[1]
     names = {model.name for model in study.models}
     if not {sampled, META_ALL_ROW} <= names:
